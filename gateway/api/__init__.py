@@ -1,0 +1,1 @@
+"""The HTTP API: wire schemas, routes, the app factory and its lifespan."""

@@ -1,0 +1,175 @@
+"""Settings: one YAML file, every key overridable by a `GATEWAY_` environment variable.
+
+Nested keys are joined by `__`: `GATEWAY_CACHE__URL=redis://...` sets `cache.url`. Environment
+variables win over the file. Loaded once at start-up; a bad value stops start-up with one message
+that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigError
+
+DEFAULT_BASE = "ibm-granite/granite-4.0-micro"
+DEFAULT_ADAPTER = "ibm-granite/granitelib-core-r1.0"
+DEFAULT_ADAPTER_SUBFOLDER = "uncertainty/granite-4.0-micro/lora"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
+    """The local model: hub ids or local folders."""
+
+    base: str = DEFAULT_BASE
+    base_revision: str | None = None
+    adapter: str = DEFAULT_ADAPTER
+    adapter_subfolder: str | None = DEFAULT_ADAPTER_SUBFOLDER
+    adapter_revision: str | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    scoring_mode: Literal["logits", "generate"] = "logits"
+    max_context: int | None = Field(default=None, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"):
+            return value
+        raise ValueError("device is one of auto, cpu, cuda, cuda:N, mps")
+
+
+class EngineSettings(_Section):
+    """How requests reach the model."""
+
+    kind: Literal["local", "vllm"] = "local"
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_wait_ms: float = Field(default=5.0, ge=0)
+    queue_size: int = Field(default=64, ge=1)
+    vllm_base_url: str | None = None
+    vllm_base_model: str | None = None
+    vllm_adapter_model: str = "uncertainty"
+    vllm_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class CacheSettings(_Section):
+    url: str | None = None
+    ttl_s: int = Field(default=3600, gt=0)
+    max_entries: int = Field(default=10_000, gt=0)
+    timeout_s: float = Field(default=0.05, gt=0)
+    key_prefix: str = "certainty-gateway:"
+
+
+class EscalationSettings(_Section):
+    """The larger models, in LiteLLM's own `model_list` format (paste an existing config)."""
+
+    model_list: list[dict[str, Any]] = Field(default_factory=list)
+    timeout_s: float = Field(default=30.0, gt=0)
+    num_retries: int = Field(default=1, ge=0)
+    fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
+
+
+class AuthSettings(_Section):
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+
+class LimitSettings(_Section):
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_messages: int = Field(default=256, gt=0)
+    max_tokens_cap: int = Field(default=2048, gt=0)
+    default_max_tokens: int = Field(default=256, gt=0)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid", yaml_file=None
+    )
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    policies_dir: Path = Path("policies")
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    log_content: bool = False
+    demo: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = settings_cls.model_config.get("yaml_file")
+        sources: list[PydanticBaseSettingsSource] = [env_settings, init_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the config file (if any) and the environment; raise `ConfigError` naming the key."""
+    where = str(path) if path else "built-in defaults"
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            content = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if content is not None and not isinstance(content, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    try:
+        settings = _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where)) from exc
+    except SettingsError as exc:
+        raise ConfigError(f"{where}: bad setting: {exc}") from exc
+    return Settings.model_validate(settings.model_dump())
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        env = "GATEWAY_" + "__".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{key} (or {env}): {error['msg']}")
+    return f"{where}: bad setting: " + "; ".join(problems)

@@ -1,0 +1,1 @@
+"""Engines: the local transformers + PEFT engine, its batching worker, the remote vLLM engine."""

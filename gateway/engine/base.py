@@ -1,0 +1,87 @@
+"""What every engine takes and returns, and the protocol the pipeline calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from gateway.certainty import ScoreResult, ScoringMode
+
+FinishReason = Literal["stop", "length"]
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+Document = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Generation settings; temperature 0 is greedy decoding."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One conversation to answer: messages, RAG documents and sampling settings."""
+
+    messages: tuple[Message, ...]
+    documents: tuple[Document, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [m.as_dict() for m in self.messages]
+
+
+TextCallback = Callable[[str], None]
+"""Receives each new piece of generated text, in order, from the engine's thread."""
+
+
+class Engine(Protocol):
+    """A local or remote model that answers a conversation and rates an answer."""
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the base model and adapter revision (used in cache keys)."""
+        ...
+
+    @property
+    def scoring_mode(self) -> ScoringMode: ...
+
+    def count_prompt_tokens(self, request: ChatRequest) -> int: ...
+
+    def generate(self, request: ChatRequest, on_text: TextCallback | None = None) -> Generation: ...
+
+    def score(
+        self,
+        messages: Sequence[Message],
+        answer: str,
+        documents: Sequence[Document] = (),
+        mode: ScoringMode | None = None,
+    ) -> ScoreResult: ...

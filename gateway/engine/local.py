@@ -1,0 +1,463 @@
+"""The local engine: Granite 4.0 Micro and its uncertainty LoRA, one copy of the weights.
+
+The base model answers with the adapter disabled; the certainty is computed with it enabled, on the
+same `PeftModel`. Decoding is our own small loop over the model's forward pass (KV cache, left
+padding, per-row sampling, stop strings, streaming), so that the batching worker can put several
+requests, base rows and adapter rows alike, into one forward pass.
+
+All methods are blocking and must run on the engine's own thread (see `gateway.engine.worker`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from gateway.certainty import (
+    DIGITS,
+    MAX_REPLY_TOKENS,
+    REPLY_PREFIX,
+    ScoreResult,
+    ScoringMode,
+    certainty_from_distribution,
+    certainty_messages,
+    parse_reply,
+)
+from gateway.engine.base import (
+    ChatRequest,
+    Document,
+    FinishReason,
+    Generation,
+    Message,
+    SamplingParams,
+    TextCallback,
+)
+from gateway.errors import ContextLengthExceeded, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = "uncertainty"
+BASE_ROWS = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: DTypeName, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16()):
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the base model and the adapter come from: hub ids or local paths."""
+
+    base: str
+    adapter: str
+    adapter_subfolder: str | None = None
+    base_revision: str | None = None
+    adapter_revision: str | None = None
+
+    def identity(self) -> str:
+        sub = f"/{self.adapter_subfolder}" if self.adapter_subfolder else ""
+        return (
+            f"{self.base}@{self.base_revision or 'default'}"
+            f"+{self.adapter}{sub}@{self.adapter_revision or 'default'}"
+        )
+
+
+@dataclass
+class DecodeRow:
+    """One sequence in a decoding batch."""
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    adapter: bool
+    on_text: TextCallback | None = None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: FinishReason | None = None
+    generator: torch.Generator | None = None
+
+
+class LocalEngine:
+    """Granite base + uncertainty adapter on one `PeftModel`, running in this process."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        source: ModelSource,
+        scoring_mode: ScoringMode = "logits",
+        max_context: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self._scoring_mode: ScoringMode = scoring_mode
+        self.device: torch.device = next(model.parameters()).device
+        config = model.get_base_model().config
+        self.max_context: int = max_context or int(config.max_position_embeddings)
+        self.eos_id: int = int(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id
+        self.pad_id: int = int(pad) if pad is not None else self.eos_id
+        self.digit_ids: list[int] = self._digit_token_ids()
+        self.prefix_ids: list[int] = tokenizer.encode(REPLY_PREFIX, add_special_tokens=False)
+
+    # ----------------------------------------------------------------- loading
+
+    @classmethod
+    def load(
+        cls,
+        source: ModelSource,
+        *,
+        device: str = "auto",
+        dtype: DTypeName = "auto",
+        scoring_mode: ScoringMode = "logits",
+        max_context: int | None = None,
+    ) -> LocalEngine:
+        """Load the base model and the adapter from hub ids or local paths (one weight copy)."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source.base, revision=source.base_revision)
+            base = AutoModelForCausalLM.from_pretrained(
+                source.base, revision=source.base_revision, dtype=torch_dtype
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(_load_hint("base model", source.base, exc)) from exc
+        base.to(torch_device)
+        kwargs: dict[str, Any] = {}
+        if source.adapter_subfolder:
+            kwargs["subfolder"] = source.adapter_subfolder
+        try:
+            model = PeftModel.from_pretrained(
+                base,
+                source.adapter,
+                adapter_name=ADAPTER_NAME,
+                revision=source.adapter_revision,
+                **kwargs,
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(_load_hint("adapter", source.adapter, exc)) from exc
+        model.eval()
+        log.info(
+            "model loaded",
+            extra={
+                "model": source.identity(),
+                "device": str(torch_device),
+                "dtype": str(torch_dtype),
+            },
+        )
+        return cls(
+            model, tokenizer, source=source, scoring_mode=scoring_mode, max_context=max_context
+        )
+
+    def _digit_token_ids(self) -> list[int]:
+        ids: list[int] = []
+        for digit in DIGITS:
+            encoded = self.tokenizer.encode(digit, add_special_tokens=False)
+            if len(encoded) != 1:
+                raise ModelLoadError(
+                    f"the tokenizer splits the digit {digit!r} into {len(encoded)} tokens; "
+                    "one-pass scoring needs each digit to be one token"
+                )
+            ids.append(int(encoded[0]))
+        return ids
+
+    # --------------------------------------------------------------- interface
+
+    @property
+    def model_id(self) -> str:
+        return self.source.identity()
+
+    @property
+    def scoring_mode(self) -> ScoringMode:
+        return self._scoring_mode
+
+    def render(
+        self,
+        messages: Sequence[dict[str, str]],
+        documents: Sequence[Document] = (),
+        *,
+        generation_prompt: bool = True,
+    ) -> list[int]:
+        """Token ids of a conversation rendered by the model's own chat template."""
+        text = self.tokenizer.apply_chat_template(
+            list(messages),
+            documents=list(documents) or None,
+            add_generation_prompt=generation_prompt,
+            tokenize=False,
+        )
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def count_prompt_tokens(self, request: ChatRequest) -> int:
+        return len(self.render(request.message_dicts(), request.documents))
+
+    def answer_prompt(self, request: ChatRequest) -> list[int]:
+        ids = self.render(request.message_dicts(), request.documents)
+        if len(ids) + 1 > self.max_context:
+            raise ContextLengthExceeded(
+                f"the conversation is {len(ids)} tokens; this model's context is "
+                f"{self.max_context} tokens",
+                param="messages",
+            )
+        return ids
+
+    def certainty_prompt(
+        self, messages: Sequence[Message], answer: str, documents: Sequence[Document] = ()
+    ) -> list[int]:
+        """The adapter's prompt: request + answer + `<certainty>` turn, with the same documents."""
+        conversation = certainty_messages([m.as_dict() for m in messages], answer)
+        ids = self.render(conversation, documents)
+        if len(ids) + len(self.prefix_ids) + MAX_REPLY_TOKENS > self.max_context:
+            raise ContextLengthExceeded(
+                "the conversation and its answer do not fit the model's context for scoring",
+                param="messages",
+            )
+        return ids
+
+    def generate(self, request: ChatRequest, on_text: TextCallback | None = None) -> Generation:
+        row = DecodeRow(
+            self.answer_prompt(request), request.sampling, adapter=False, on_text=on_text
+        )
+        return self.decode([row])[0]
+
+    def score(
+        self,
+        messages: Sequence[Message],
+        answer: str,
+        documents: Sequence[Document] = (),
+        mode: ScoringMode | None = None,
+    ) -> ScoreResult:
+        prompt = self.certainty_prompt(messages, answer, documents)
+        if (mode or self._scoring_mode) == "generate":
+            return self.score_generate([prompt])[0]
+        return self.score_logits([prompt])[0]
+
+    # ----------------------------------------------------------------- scoring
+
+    @torch.inference_mode()
+    def digit_distributions(self, prompts: Sequence[list[int]]) -> list[list[float]]:
+        """One forward pass: the next-token distribution over the ten digits after the prefix."""
+        rows = [list(p) + self.prefix_ids for p in prompts]
+        input_ids, attention, positions = self._left_pad(rows)
+        with self._adapters([True] * len(rows)) as extra:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=1,
+                **extra,
+            )
+        digit_logits = out.logits[:, -1, self.digit_ids].float()
+        probs = torch.softmax(digit_logits, dim=-1)
+        result: list[list[float]] = probs.cpu().tolist()
+        return result
+
+    def score_logits(self, prompts: Sequence[list[int]]) -> list[ScoreResult]:
+        return [
+            certainty_from_distribution(dist, mode="logits")
+            for dist in self.digit_distributions(prompts)
+        ]
+
+    def score_generate(self, prompts: Sequence[list[int]]) -> list[ScoreResult]:
+        greedy = SamplingParams(max_tokens=MAX_REPLY_TOKENS, temperature=0.0)
+        rows = [DecodeRow(list(p), greedy, adapter=True) for p in prompts]
+        return [parse_reply(g.text) for g in self.decode(rows)]
+
+    # ---------------------------------------------------------------- decoding
+
+    def _left_pad(
+        self, rows: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            attention[i, width - len(row) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        return (
+            input_ids.to(self.device),
+            attention.to(self.device),
+            positions.to(self.device),
+        )
+
+    def _adapters(self, enabled: Sequence[bool]) -> _AdapterSelection:
+        return _AdapterSelection(self.model, enabled)
+
+    @torch.inference_mode()
+    def decode(self, rows: list[DecodeRow]) -> list[Generation]:
+        """Decode a batch of rows to completion; each row stops on its own conditions."""
+        for row in rows:
+            if row.sampling.greedy:
+                continue
+            row.generator = torch.Generator(device=self.device)
+            seed = row.sampling.seed
+            row.generator.manual_seed(seed if seed is not None else random.getrandbits(63))
+        input_ids, attention, positions = self._left_pad([r.prompt_ids for r in rows])
+        cache: Any = None
+        live = [True] * len(rows)
+        step_input = input_ids
+        step_positions = positions
+        while any(live):
+            with self._adapters([r.adapter for r in rows]) as extra:
+                out = self.model(
+                    input_ids=step_input,
+                    attention_mask=attention,
+                    position_ids=step_positions,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **extra,
+                )
+            cache = out.cache
+            logits = out.logits[:, -1, :].float()
+            next_ids: list[int] = []
+            for i, row in enumerate(rows):
+                if not live[i]:
+                    next_ids.append(self.pad_id)
+                    continue
+                token = self._pick(logits[i], row)
+                next_ids.append(token)
+                self._advance(row, token)
+                if row.finish_reason is not None:
+                    live[i] = False
+            step_input = torch.tensor(next_ids, dtype=torch.long, device=self.device)[:, None]
+            attention = torch.cat(
+                [attention, torch.ones((len(rows), 1), dtype=attention.dtype, device=self.device)],
+                dim=-1,
+            )
+            step_positions = step_positions[:, -1:] + 1
+        return [
+            Generation(
+                text=row.text,
+                finish_reason=row.finish_reason or "length",
+                prompt_tokens=len(row.prompt_ids),
+                completion_tokens=len(row.generated),
+            )
+            for row in rows
+        ]
+
+    def _pick(self, logits: torch.Tensor, row: DecodeRow) -> int:
+        sampling = row.sampling
+        if sampling.greedy:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            cumulative = torch.cumsum(sorted_probs, dim=-1)
+            drop = cumulative - sorted_probs > sampling.top_p
+            sorted_probs[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=row.generator).item())
+
+    def _advance(self, row: DecodeRow, token: int) -> None:
+        """Record one token: update the text, apply stop conditions, stream what is final."""
+        if token == self.eos_id:
+            row.finish_reason = "stop"
+            self._emit(row, final=True)
+            return
+        row.generated.append(token)
+        row.text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+        for stop in row.sampling.stop:
+            at = row.text.find(stop)
+            if at >= 0:
+                row.text = row.text[:at]
+                row.finish_reason = "stop"
+        if row.finish_reason is None and len(row.generated) >= row.sampling.max_tokens:
+            row.finish_reason = "length"
+        if row.finish_reason is None and self._context_full(row):
+            row.finish_reason = "length"
+        self._emit(row, final=row.finish_reason is not None)
+
+    def _context_full(self, row: DecodeRow) -> bool:
+        return len(row.prompt_ids) + len(row.generated) >= self.max_context
+
+    @staticmethod
+    def _emit(row: DecodeRow, *, final: bool) -> None:
+        """Send the text that can no longer change: not a partial character or stop string."""
+        if row.on_text is None:
+            return
+        end = len(row.text)
+        if not final:
+            if row.text.endswith("\ufffd"):
+                end = len(row.text.rstrip("\ufffd"))
+            for stop in row.sampling.stop:
+                for k in range(min(len(stop) - 1, end), 0, -1):
+                    if row.text[:end].endswith(stop[:k]):
+                        end -= k
+                        break
+        if end > row.emitted:
+            row.on_text(row.text[row.emitted : end])
+            row.emitted = end
+
+
+class _AdapterSelection:
+    """Turns the adapter on or off for a forward pass: per row when the batch is mixed."""
+
+    def __init__(self, model: Any, enabled: Sequence[bool]) -> None:
+        self.model = model
+        self.enabled = list(enabled)
+        self._context: Any = None
+
+    def __enter__(self) -> dict[str, Any]:
+        if all(self.enabled):
+            return {}
+        if not any(self.enabled):
+            self._context = self.model.disable_adapter()
+            self._context.__enter__()
+            return {}
+        return {"adapter_names": [ADAPTER_NAME if on else BASE_ROWS for on in self.enabled]}
+
+    def __exit__(self, *exc: object) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc)
+            self._context = None
+
+
+def _load_hint(what: str, where: str, exc: BaseException) -> str:
+    local = os.path.exists(where)
+    if not local and (where.startswith((os.sep, ".", "~")) or os.sep + os.sep in where):
+        return f"could not load the {what}: no such folder {where!r}"
+    hint = (
+        "check that the folder holds a Hugging Face model"
+        if local
+        else "the Hugging Face hub could not be reached or has no such repository; "
+        "download it elsewhere and point the config at the local folder "
+        "(model.base / model.adapter, or GATEWAY_MODEL__BASE / GATEWAY_MODEL__ADAPTER)"
+    )
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"could not load the {what} from {where!r}: {first_line}; {hint}"

@@ -1,0 +1,383 @@
+"""Miniature Granite 4.0 Micro models, for tests and the offline demo.
+
+`make_tiny_model(out_dir)` writes `out_dir/base/` (a `GraniteMoeHybridForCausalLM` with the real
+module names at a tiny size, and a byte-level BPE tokenizer with the Granite role tokens and a
+chat template that renders the Granite structure) and `out_dir/adapter/` (a PEFT LoRA on the real
+adapter's six target modules). The adapter is also written under
+`out_dir/adapter/uncertainty/granite-4.0-micro/lora/`, the layout of the real adapter repository,
+so the `subfolder` loading path is exercised too.
+
+The weights are random: the answers are noise. `teach_format=True` trains the adapter for a few
+seconds so that its greedy reply is `{"score": "N"}`.
+"""
+
+from __future__ import annotations
+
+import random
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gateway.certainty import CERTAINTY_TURN, certainty_messages
+
+ADAPTER_SUBFOLDER = "uncertainty/granite-4.0-micro/lora"
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "input_linear", "output_linear"]
+SPECIAL_TOKENS = ["<|end_of_text|>", "<|pad|>", "<|start_of_role|>", "<|end_of_role|>"]
+TINY_LAYERS = 2
+TINY_HIDDEN = 64
+TINY_VOCAB = 1024
+
+_WORDS = [
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "is",
+    "was",
+    "what",
+    "who",
+    "when",
+    "where",
+    "why",
+    "how",
+    "which",
+    "capital",
+    "city",
+    "river",
+    "mountain",
+    "country",
+    "number",
+    "year",
+    "people",
+    "water",
+    "light",
+    "sound",
+    "energy",
+    "planet",
+    "star",
+    "moon",
+    "sun",
+    "earth",
+    "paris",
+    "france",
+    "london",
+    "rome",
+    "berlin",
+    "madrid",
+    "tokyo",
+    "model",
+    "answer",
+    "question",
+    "document",
+    "score",
+    "certain",
+    "sure",
+    "maybe",
+    "yes",
+    "no",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "hundred",
+    "thousand",
+    "first",
+    "last",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "green",
+    "old",
+    "new",
+    "good",
+    "bad",
+    "fast",
+    "slow",
+    "hot",
+    "cold",
+    "north",
+    "south",
+    "east",
+    "west",
+    "about",
+    "because",
+    "please",
+    "tell",
+    "me",
+    "explain",
+    "why",
+    "does",
+    "do",
+    "can",
+    "could",
+    "would",
+    "should",
+    "name",
+    "list",
+    "give",
+    "short",
+    "long",
+    "science",
+    "history",
+    "music",
+    "art",
+    "math",
+    "physics",
+    "chemistry",
+    "biology",
+    "computer",
+    "language",
+    "word",
+    "sentence",
+    "helpful",
+    "assistant",
+    "professional",
+    "accurate",
+    "safe",
+    "system",
+    "user",
+    "documents",
+    "facts",
+    "provided",
+    "available",
+]
+
+
+def corpus(seed: int = 0, lines: int = 400) -> list[str]:
+    """A small English-like corpus covering chat structure, JSON replies and digits."""
+    rng = random.Random(seed)
+    text = []
+    for _ in range(lines):
+        words = rng.choices(_WORDS, k=rng.randint(4, 14))
+        text.append(" ".join(words).capitalize() + rng.choice([".", "?", "!"]))
+    for digit in range(10):
+        text.append(f'{{"score": "{digit}"}}')
+    text.append("0123456789 ,;:'\"{}[]()<>/\\|-_=+*&^%$#@!~`")
+    return text
+
+
+def build_tokenizer(seed: int = 0) -> Any:
+    """A byte-level BPE tokenizer with the Granite role tokens; digits are single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus(seed), trainer=trainer)
+    template = resources.files("gateway.engine").joinpath("chat_template.jinja").read_text()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|end_of_text|>",
+        eos_token="<|end_of_text|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        additional_special_tokens=["<|start_of_role|>", "<|end_of_role|>"],
+        padding_side="left",
+        model_max_length=4096,
+    )
+    fast.chat_template = template
+    return fast
+
+
+def build_base_model(tokenizer: Any, seed: int = 0) -> Any:
+    """The real Granite 4.0 Micro class at a tiny size: attention-only, rope, no experts."""
+    from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+
+    torch.manual_seed(seed)
+    config = GraniteMoeHybridConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TINY_HIDDEN,
+        intermediate_size=128,
+        shared_intermediate_size=128,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=["full_attention"] * TINY_LAYERS,
+        num_local_experts=0,
+        position_embedding_type="rope",
+        rope_parameters={"rope_theta": 10_000_000.0, "rope_type": "default"},
+        mamba_n_heads=4,
+        mamba_d_head=32,
+        mamba_expand=2,
+        mamba_d_state=16,
+        mamba_n_groups=1,
+        embedding_multiplier=12.0,
+        attention_multiplier=0.015625,
+        residual_multiplier=0.22,
+        # The real model divides logits by 10; at width 64 that caps every logit near 1 and the
+        # miniature could never be taught a sharp reply, so it divides by 1.
+        logits_scaling=1.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = GraniteMoeHybridForCausalLM(config)
+    # Wide embedding rows (the head is tied to them) let training reach peaked distributions.
+    torch.nn.init.normal_(model.model.embed_tokens.weight, std=0.5)
+    model.eval()
+    return model
+
+
+def build_adapter(base: Any, seed: int = 0, rank: int = 8) -> Any:
+    """A LoRA on the real adapter's six target modules, with non-zero random B so it matters."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed + 1)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=TARGET_MODULES,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    return model
+
+
+def _random_sentence(rng: random.Random, low: int, high: int, end: str) -> str:
+    return " ".join(rng.choices(_WORDS, k=rng.randint(low, high))).capitalize() + end
+
+
+def _answer_examples(tokenizer: Any, seed: int, count: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, reply ids) pairs: a question and a short sentence that ends the turn."""
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(count):
+        messages = [{"role": "user", "content": _random_sentence(rng, 3, 9, "?")}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = tokenizer.encode(text, add_special_tokens=False)
+        reply = tokenizer.encode(_random_sentence(rng, 3, 12, "."), add_special_tokens=False)
+        examples.append((prompt, [*reply, tokenizer.eos_token_id]))
+    return examples
+
+
+def _format_examples(tokenizer: Any, seed: int, count: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, reply ids) pairs: certainty prompts and the reply `{"score": "N"}`."""
+    rng = random.Random(seed + 7)
+    examples = []
+    for _ in range(count):
+        question = _random_sentence(rng, 3, 9, "?")
+        answer = _random_sentence(rng, 2, 12, ".")
+        messages = certainty_messages([{"role": "user", "content": question}], answer)
+        assert messages[-1]["content"] == CERTAINTY_TURN
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = tokenizer.encode(text, add_special_tokens=False)
+        # The digits are random labels: the miniature learns the reply's format and how often
+        # each digit comes, nothing about correctness (its answers are noise anyway).
+        reply = f'{{"score": "{rng.randrange(10)}"}}'
+        examples.append(
+            (prompt, [*tokenizer.encode(reply, add_special_tokens=False), tokenizer.eos_token_id])
+        )
+    return examples
+
+
+def _train(
+    model: Any,
+    examples: list[tuple[list[int], list[int]]],
+    params: list[torch.nn.Parameter],
+    *,
+    pad_id: int,
+    steps: int,
+    lr: float,
+    batch: int = 16,
+) -> float:
+    """A few steps of next-token training on the replies only; returns the last loss."""
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        chunk = [examples[(step * batch + k) % len(examples)] for k in range(batch)]
+        width = max(len(p) + len(r) for p, r in chunk)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        labels = torch.full((batch, width), -100, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for i, (prompt, reply) in enumerate(chunk):
+            row = prompt + reply
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+            labels[i, width - len(reply) :] = torch.tensor(reply)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        loss_value = float(out.loss.item())
+    model.eval()
+    return loss_value
+
+
+def teach_answers(
+    model: Any, tokenizer: Any, seed: int = 0, steps: int = 150, lr: float = 1e-2
+) -> float:
+    """Train the tiny base briefly so its answers are short word sequences that end the turn."""
+    torch.manual_seed(seed + 3)
+    examples = _answer_examples(tokenizer, seed, 256)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _train(model, examples, params, pad_id=tokenizer.pad_token_id, steps=steps, lr=lr)
+
+
+def teach_format(model: Any, tokenizer: Any, seed: int = 0, steps: int = 150) -> float:
+    """Train the LoRA briefly so the adapter's greedy reply is `{"score": "N"}`; returns loss."""
+    torch.manual_seed(seed + 2)
+    examples = _format_examples(tokenizer, seed, 256)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    return _train(model, examples, params, pad_id=tokenizer.pad_token_id, steps=steps, lr=1e-2)
+
+
+def make_tiny_model(out_dir: Path, *, seed: int = 0, teach: bool = False) -> Path:
+    """Write `out_dir/base/` and `out_dir/adapter/` (and the adapter again under its subfolder)."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(seed)
+    base = build_base_model(tokenizer, seed)
+    teach_answers(base, tokenizer, seed)
+    base_dir = out_dir / "base"
+    base.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    peft_model = build_adapter(base, seed)
+    if teach:
+        teach_format(peft_model, tokenizer, seed)
+    adapter_dir = out_dir / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    peft_model.save_pretrained(adapter_dir / ADAPTER_SUBFOLDER)
+    # The adapter config names the base it was made for; point it at the folder we wrote.
+    for folder in (adapter_dir, adapter_dir / ADAPTER_SUBFOLDER):
+        _set_base_path(folder / "adapter_config.json", str(base_dir))
+    return out_dir
+
+
+def _set_base_path(config_file: Path, base: str) -> None:
+    import json
+
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = base
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
