@@ -1,0 +1,30 @@
+"""Shared fixtures: the miniature Granite model, built once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.engine.local import LocalEngine, ModelSource
+from gateway.engine.tiny import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A miniature Granite 4.0 Micro with a format-taught adapter: `base/` and `adapter/`."""
+    out = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(out, seed=0, teach=True)
+    yield out
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tiny_model_dir: Path) -> ModelSource:
+    return ModelSource(base=str(tiny_model_dir / "base"), adapter=str(tiny_model_dir / "adapter"))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_source: ModelSource) -> LocalEngine:
+    """The real local engine on the miniature model (CPU, float32)."""
+    return LocalEngine.load(tiny_source, device="cpu", dtype="float32")
