@@ -202,14 +202,14 @@ def build_tokenizer(seed: int = 0) -> Any:
     return fast
 
 
-def build_base_model(tokenizer: Any, seed: int = 0) -> Any:
+def build_base_model(tokenizer: Any, seed: int = 0, hidden_size: int = TINY_HIDDEN) -> Any:
     """The real Granite 4.0 Micro class at a tiny size: attention-only, rope, no experts."""
     from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
     torch.manual_seed(seed)
     config = GraniteMoeHybridConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TINY_HIDDEN,
+        hidden_size=hidden_size,
         intermediate_size=128,
         shared_intermediate_size=128,
         num_hidden_layers=TINY_LAYERS,
@@ -220,7 +220,7 @@ def build_base_model(tokenizer: Any, seed: int = 0) -> Any:
         position_embedding_type="rope",
         rope_parameters={"rope_theta": 10_000_000.0, "rope_type": "default"},
         mamba_n_heads=4,
-        mamba_d_head=32,
+        mamba_d_head=2 * hidden_size // 4,
         mamba_expand=2,
         mamba_d_state=16,
         mamba_n_groups=1,

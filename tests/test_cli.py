@@ -1,0 +1,109 @@
+"""The command line: make-tiny-model and score, including their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.engine.tiny import build_base_model, build_tokenizer
+
+
+def _score_args(model_dir: Path, *extra: str) -> list[str]:
+    return [
+        "score",
+        "--question",
+        "What is the capital of France?",
+        "--answer",
+        "Paris.",
+        "--base",
+        str(model_dir / "base"),
+        "--adapter",
+        str(model_dir / "adapter"),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("mode", ["logits", "generate"])
+def test_score_prints_one_json_object(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    assert main(_score_args(tiny_model_dir, "--mode", mode)) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"score", "confidence", "expected_confidence", "distribution", "mode"}
+    assert result["mode"] == mode
+    assert 0 <= result["score"] <= 9
+    assert sum(result["distribution"]) == pytest.approx(1.0)
+
+
+def test_score_reads_documents_from_a_file(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    documents = tmp_path / "docs.json"
+    documents.write_text(json.dumps([{"text": "Paris is the capital of France."}]))
+    assert main(_score_args(tiny_model_dir, "--documents", str(documents))) == 0
+    with_docs = json.loads(capsys.readouterr().out)
+    assert main(_score_args(tiny_model_dir)) == 0
+    without = json.loads(capsys.readouterr().out)
+    assert with_docs["distribution"] != without["distribution"]
+
+
+def test_score_with_a_missing_model_folder_fails_with_one_line(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    args = _score_args(tiny_model_dir)
+    args[args.index("--base") + 1] = str(tmp_path / "missing")
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert "no such folder" in errors[0]
+
+
+def test_score_with_an_adapter_that_does_not_fit_the_base_exits_2(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokenizer = build_tokenizer(0)
+    narrow = build_base_model(tokenizer, hidden_size=32)
+    narrow.save_pretrained(tmp_path / "narrow")
+    tokenizer.save_pretrained(tmp_path / "narrow")
+    args = _score_args(tiny_model_dir)
+    args[args.index("--base") + 1] = str(tmp_path / "narrow")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "could not load the adapter" in err
+
+
+def test_score_with_an_empty_answer_exits_2(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _score_args(tiny_model_dir)
+    args[args.index("--answer") + 1] = "  "
+    assert main(args) == 2
+    assert "answer is empty" in capsys.readouterr().err
+
+
+def test_make_tiny_model_writes_base_and_adapter_in_loadable_layouts(tmp_path: Path) -> None:
+    assert main(["make-tiny-model", str(tmp_path / "m"), "--seed", "3"]) == 0
+    assert (tmp_path / "m" / "base" / "config.json").is_file()
+    assert (tmp_path / "m" / "base" / "tokenizer.json").is_file()
+    assert (tmp_path / "m" / "adapter" / "adapter_config.json").is_file()
+    sub = tmp_path / "m" / "adapter" / "uncertainty" / "granite-4.0-micro" / "lora"
+    config = json.loads((sub / "adapter_config.json").read_text())
+    assert config["r"] == 8
+    assert set(config["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "input_linear",
+        "output_linear",
+    }
