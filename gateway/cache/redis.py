@@ -1,0 +1,240 @@
+"""The Redis cache: shared by gateway replicas, failing open within a time limit on every call.
+
+Every call runs under `asyncio.timeout(timeout_s)` as well as the socket time-outs, because a
+frozen Redis (SIGSTOP, a stuck proxy) accepts TCP connections and never answers. Any failure (time
+out, refused connection, any Redis error) is a miss for `get` and a skipped write for `set`, and
+counts towards the circuit breaker, which stops calling Redis for a while after repeated failures
+so a dead Redis costs nothing at all per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from gateway.cache.base import CacheStatus, CacheUnavailable
+from gateway.cache.breaker import CircuitBreaker
+from gateway.errors import ConfigError
+
+T = TypeVar("T")
+
+# Not in CacheSettings (yet): tuned here.
+BREAKER_FAILURES = 5
+BREAKER_COOLDOWN_S = 5.0
+MAX_CONNECTIONS = 64
+CLEAR_BATCH = 500
+_DIGEST_GLOB = "?" * 64  # a key is `{policy}:{sha256 hex}`; lock keys end in ":lock" and differ
+_SCHEMES = ("redis", "rediss", "unix")
+
+# Delete the lock only if this replica still owns it (it may have expired and been retaken).
+_RELEASE = """
+if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
+return 0
+"""
+
+
+class _Unavailable(Exception):
+    """Redis was skipped (circuit open) or failed; the public methods turn this into a miss."""
+
+
+class RedisCache:
+    """Decisions in Redis under `key_prefix`, each written with a TTL.
+
+    Build one with `RedisCache.from_url`; the constructor takes a ready client so other callers
+    can pass their own. `where` names the server in log lines and must hold no secret; `secret`
+    (the password) is masked in failure reasons should a server ever echo it. After
+    `failure_threshold` failures in a row, Redis is left alone for `cooldown_s` seconds.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        timeout_s: float,
+        key_prefix: str,
+        where: str,
+        secret: str | None = None,
+        failure_threshold: int = BREAKER_FAILURES,
+        cooldown_s: float = BREAKER_COOLDOWN_S,
+    ) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+        self._prefix = key_prefix
+        self._where = where
+        self._secret = secret
+        self._breaker = CircuitBreaker(
+            f"redis cache at {where}", failure_threshold=failure_threshold, cooldown_s=cooldown_s
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_s: float,
+        key_prefix: str,
+        failure_threshold: int = BREAKER_FAILURES,
+        cooldown_s: float = BREAKER_COOLDOWN_S,
+    ) -> RedisCache:
+        """A cache on a `redis://`, `rediss://` or `unix://` URL (password or ACL user in it).
+
+        The pool blocks for a free connection at most `timeout_s` (rather than failing at once
+        under a burst), and redis-py's own retries are off: the time limit is ours to spend.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in _SCHEMES:
+            raise ConfigError(
+                "cache.url (or GATEWAY_CACHE__URL): the scheme must be redis://, rediss:// or "
+                f"unix://, not {parts.scheme + '://' if parts.scheme else 'none'}"
+            )
+        try:
+            where = _describe_url(url)
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=timeout_s,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                lib_name=None,
+                lib_version=None,
+            )
+        except ValueError as exc:  # redis-py's messages name the bad part, never the password
+            raise ConfigError(f"cache.url (or GATEWAY_CACHE__URL): {exc}") from exc
+        secret = unquote(parts.password) if parts.password else None
+        return cls(
+            Redis.from_pool(pool),
+            timeout_s=timeout_s,
+            key_prefix=key_prefix,
+            where=where,
+            secret=secret,
+            failure_threshold=failure_threshold,
+            cooldown_s=cooldown_s,
+        )
+
+    @property
+    def status(self) -> CacheStatus:
+        if self._breaker.state == "closed":
+            return CacheStatus("ok")
+        return CacheStatus("degraded", f"{self._where}: {self._breaker.last_failure}")
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self._guarded(lambda: self._client.get(self._prefix + key))
+        except _Unavailable:
+            return None
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        try:
+            await self._guarded(lambda: self._client.set(self._prefix + key, value, ex=ttl_s))
+        except _Unavailable:
+            return
+
+    async def acquire_lock(self, key: str, ttl_ms: int) -> str | None:
+        token = secrets.token_hex(16)
+        try:
+            taken = await self._guarded(
+                lambda: self._client.set(self._lock_key(key), token, nx=True, px=ttl_ms)
+            )
+        except _Unavailable:
+            return ""  # fail open: compute without a lock
+        return token if taken else None
+
+    async def release_lock(self, key: str, token: str) -> None:
+        if not token:
+            return
+        try:
+            await self._guarded(lambda: self._client.eval(_RELEASE, 1, self._lock_key(key), token))
+        except _Unavailable:
+            return  # the lock expires by itself
+
+    async def clear(self, policy: str | None = None) -> int:
+        """Delete by SCAN + UNLINK; each Redis call is time-limited; raises `CacheUnavailable`."""
+        owner = "*" if policy is None else _escape_glob(policy)
+        pattern = f"{_escape_glob(self._prefix)}{owner}:{_DIGEST_GLOB}"
+        removed = 0
+        cursor = 0
+        try:
+            while True:
+                async with asyncio.timeout(self._timeout_s):
+                    cursor, keys = await self._client.scan(cursor, match=pattern, count=CLEAR_BATCH)
+                if keys:
+                    async with asyncio.timeout(self._timeout_s):
+                        removed += int(await self._client.unlink(*keys))
+                if cursor == 0:
+                    return removed
+        except Exception as exc:  # any failure: tell the operator, without the URL's password
+            raise CacheUnavailable(
+                f"cannot clear the cache at {self._where} ({self._reason(exc)}); "
+                f"{removed} entries were removed before the failure"
+            ) from None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self._prefix}{key}:lock"
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+        if not self._breaker.allow():
+            raise _Unavailable
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await call()
+        except asyncio.CancelledError:
+            self._breaker.abandon()
+            raise
+        except Exception as exc:  # fail open: every failure of the store is a miss
+            was_open = self._breaker.state == "open"
+            self._breaker.record_failure(self._reason(exc))
+            if not was_open and self._breaker.state == "open":
+                await self._drop_idle_connections()
+            raise _Unavailable from exc
+        was_probing = self._breaker.state == "half-open"
+        self._breaker.record_success()
+        if was_probing and self._breaker.state == "closed":
+            await self._drop_idle_connections()
+        return result
+
+    async def _drop_idle_connections(self) -> None:
+        """Idle pooled connections may belong to a Redis that died: when the circuit opens or
+        closes, close them, so the probe and the first calls after recovery use fresh ones."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
+        except Exception:  # they are reconnected, or fail, on next use anyway
+            return
+
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            text = f"no answer within {self._timeout_s:g} s"
+        else:
+            text = str(exc)[:200]
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return f"{type(exc).__name__}: {text}"
+
+
+def _describe_url(url: str) -> str:
+    """The URL without user or password, for log lines."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    port = parts.port or 6379
+    return f"{parts.scheme}://{host}:{port}{parts.path or ''}"
+
+
+def _escape_glob(text: str) -> str:
+    """Escape Redis glob metacharacters so a policy name matches only itself."""
+    return "".join("\\" + char if char in "\\*?[]^" else char for char in text)
