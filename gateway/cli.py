@@ -112,8 +112,9 @@ def _extra_commands() -> list[
     """Commands that live beside the code they drive."""
     from gateway.api.commands import register as register_server
     from gateway.cache.commands import register as register_cache
+    from gateway.evaluate.commands import register as register_evaluate
 
-    return [register_server, register_cache]
+    return [register_server, register_cache, register_evaluate]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
