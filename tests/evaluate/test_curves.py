@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -25,11 +27,11 @@ SMALL = ScoredItems(
 
 
 def _non_increasing(values: list[float]) -> bool:
-    return all(a >= b - 1e-12 for a, b in zip(values, values[1:], strict=False))
+    return all(a >= b - 1e-12 for a, b in itertools.pairwise(values))
 
 
 def _non_decreasing(values: list[float]) -> bool:
-    return all(a <= b + 1e-12 for a, b in zip(values, values[1:], strict=False))
+    return all(a <= b + 1e-12 for a, b in itertools.pairwise(values))
 
 
 @pytest.mark.parametrize("seed", range(3))

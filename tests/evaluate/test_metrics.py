@@ -89,10 +89,8 @@ def _sklearn_ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> fl
 def test_metrics_agree_with_scikit_learn_on_random_data(seed: int, kind: str) -> None:
     rng = np.random.default_rng(seed)
     n = 500
-    if kind == "digits":
-        confidence = rng.choice(DIGITS, size=n)
-    else:
-        confidence = rng.beta(2.0, 1.5, size=n)
+    digits = kind == "digits"
+    confidence = rng.choice(DIGITS, size=n) if digits else rng.beta(2.0, 1.5, size=n)
     # Roughly calibrated but with noise, so that every figure is away from its extreme.
     correct = rng.random(n) < np.clip(confidence + rng.normal(0, 0.15, n), 0, 1)
     report = calibration_report(confidence, correct)
