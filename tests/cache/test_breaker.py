@@ -21,12 +21,12 @@ def _breaker(clock: FakeClock) -> CircuitBreaker:
 
 def test_opens_after_threshold_consecutive_failures() -> None:
     breaker = _breaker(FakeClock())
-    for _ in range(2):
+    states = []
+    for _ in range(3):
+        assert breaker.allow()
         breaker.record_failure("refused")
-    assert breaker.state == "closed"
-    assert breaker.allow()
-    breaker.record_failure("refused")
-    assert breaker.state == "open"
+        states.append(breaker.state)
+    assert states == ["closed", "closed", "open"]
     assert not breaker.allow()
 
 

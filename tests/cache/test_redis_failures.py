@@ -99,7 +99,6 @@ def test_sigstop_under_load_answers_within_time_limit_and_recovers_after_sigcont
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.cache")
-    frozen_get_s: list[float] = []
 
     async def scenario() -> None:
         cache = redis_cache(redis_server.url)
@@ -109,11 +108,10 @@ def test_sigstop_under_load_answers_within_time_limit_and_recovers_after_sigcont
 
             redis_server.freeze()
             gets = await _concurrent_gets(cache, "a")
-            frozen_get_s.extend(seconds for seconds, _ in gets)
             assert all(value is None for _, value in gets)
-            assert max(frozen_get_s) < CALL_BOUND_S
+            assert max(seconds for seconds, _ in gets) < CALL_BOUND_S
             assert cache.status.state == "degraded"
-            assert "no answer within 0.05 s" in cache.status.reason
+            assert f"no answer within {TIMEOUT_S:g} s" in cache.status.reason
 
             decisions = Decisions(delay_s=COMPUTE_S)
             timings = await _load(flights, decisions, "a")
@@ -136,4 +134,3 @@ def test_sigstop_under_load_answers_within_time_limit_and_recovers_after_sigcont
     asyncio.run(scenario())
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    print(f"get against a frozen Redis: max {max(frozen_get_s) * 1000:.0f} ms over {CALLS} calls")
