@@ -164,10 +164,16 @@ def tune(
             -np.nan_to_num(keys[objective][rows, cols]),
         )
     )
-    chosen = [
-        sweep.point(float(thresholds[rows[i]]), float(thresholds[cols[i]]))
-        for i in order[: max(top, 1)]
-    ]
+    # The best pair, then the best pair for each other return_at, in order.
+    picked: list[int] = []
+    seen: set[int] = set()
+    for i in order:
+        if int(rows[i]) not in seen:
+            seen.add(int(rows[i]))
+            picked.append(int(i))
+            if len(picked) >= max(top, 1):
+                break
+    chosen = [sweep.point(float(thresholds[rows[i]]), float(thresholds[cols[i]])) for i in picked]
     return TuneResult(
         targets=list(targets),
         objective=objective,
