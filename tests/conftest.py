@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,11 @@ from gateway.engine.tiny import make_tiny_model
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A miniature Granite 4.0 Micro with a format-taught adapter: `base/` and `adapter/`."""
     out = tmp_path_factory.mktemp("tiny-model")
     make_tiny_model(out, seed=0, teach=True)
-    yield out
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +98,8 @@ class DecodeRow:
     sampling: SamplingParams
     adapter: bool
     on_text: TextCallback | None = None
+    on_done: Callable[[Generation], None] | None = None
+    cancelled: Callable[[], bool] | None = None
     generated: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
@@ -199,6 +201,11 @@ class LocalEngine:
     @property
     def model_id(self) -> str:
         return self.source.identity()
+
+    @property
+    def served_name(self) -> str:
+        """The base model's id or folder: what `served_by` reports for a local answer."""
+        return self.source.base
 
     @property
     def scoring_mode(self) -> ScoringMode:
@@ -350,26 +357,33 @@ class LocalEngine:
                 if not live[i]:
                     next_ids.append(self.pad_id)
                     continue
+                if row.cancelled is not None and row.cancelled():
+                    live[i] = False
+                    next_ids.append(self.pad_id)
+                    continue
                 token = self._pick(logits[i], row)
                 next_ids.append(token)
                 self._advance(row, token)
                 if row.finish_reason is not None:
                     live[i] = False
+                    if row.on_done is not None:
+                        row.on_done(self._result(row))
             step_input = torch.tensor(next_ids, dtype=torch.long, device=self.device)[:, None]
             attention = torch.cat(
                 [attention, torch.ones((len(rows), 1), dtype=attention.dtype, device=self.device)],
                 dim=-1,
             )
             step_positions = step_positions[:, -1:] + 1
-        return [
-            Generation(
-                text=row.text,
-                finish_reason=row.finish_reason or "length",
-                prompt_tokens=len(row.prompt_ids),
-                completion_tokens=len(row.generated),
-            )
-            for row in rows
-        ]
+        return [self._result(row) for row in rows]
+
+    @staticmethod
+    def _result(row: DecodeRow) -> Generation:
+        return Generation(
+            text=row.text,
+            finish_reason=row.finish_reason or "length",
+            prompt_tokens=len(row.prompt_ids),
+            completion_tokens=len(row.generated),
+        )
 
     def _pick(self, logits: torch.Tensor, row: DecodeRow) -> int:
         sampling = row.sampling

@@ -1,0 +1,91 @@
+"""Every error leaves the gateway in the OpenAI envelope: this is the one place that maps them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.errors import GatewayError, Overloaded, RateLimited
+
+log = logging.getLogger(__name__)
+
+
+def envelope(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, RateLimited | Overloaded):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return JSONResponse(
+        envelope(exc.message, exc.error_type, param=exc.param, code=exc.code),
+        status_code=exc.status_code,
+        headers=headers,
+    )
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [p for p in loc if p not in ("body",)]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    if exc.status_code >= 500:
+        log.warning("request failed", extra={"status": exc.status_code, "error": exc.message})
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = _location(tuple(first.get("loc", ()))) or None
+    if first.get("type") == "json_invalid":
+        message = "the request body is not valid JSON"
+        param = None
+    elif first.get("type") == "missing" and param:
+        message = f"{param} is required"
+    else:
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    return JSONResponse(
+        envelope(message, "invalid_request_error", param=param, code="invalid_value"),
+        status_code=400,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return JSONResponse(
+        envelope(str(exc.detail), kind, code=code),
+        status_code=exc.status_code,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error")
+    return JSONResponse(
+        envelope("the gateway failed to handle this request", "server_error", code="internal"),
+        status_code=500,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,168 @@
+"""Wire models of the OpenAI Chat Completions request, and what we refuse in it.
+
+Unknown fields are ignored, as OpenAI-compatible servers do. Fields we cannot honour get a 400
+that names the parameter; fields that would choose where the gateway sends traffic (`api_base`,
+`api_key`, ...) are refused outright.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.engine.base import ChatRequest, Message, SamplingParams
+from gateway.errors import InvalidRequest, UnsupportedParameter
+
+REDIRECTING_FIELDS = (
+    "api_base",
+    "base_url",
+    "api_key",
+    "api_version",
+    "custom_llm_provider",
+    "azure_endpoint",
+    "organization",
+    "extra_headers",
+    "litellm_params",
+    "mock_response",
+)
+"""Request fields that would let a client redirect traffic or swap credentials: always 400."""
+
+UNSUPPORTED_FIELDS = {
+    "tools": "tool calling is not supported by this gateway",
+    "tool_choice": "tool calling is not supported by this gateway",
+    "functions": "function calling is not supported by this gateway",
+    "function_call": "function calling is not supported by this gateway",
+    "parallel_tool_calls": "tool calling is not supported by this gateway",
+    "audio": "audio output is not supported",
+    "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+}
+"""Fields we cannot honour: a 400 when they are present and not null."""
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class WireMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self, index: int) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        if self.content is None:
+            raise InvalidRequest(
+                f"messages[{index}].content is required", param=f"messages[{index}].content"
+            )
+        pieces = []
+        for k, part in enumerate(self.content):
+            kind = part.get("type")
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise UnsupportedParameter(
+                    f"messages[{index}].content[{k}] is of type {kind!r}; only text parts "
+                    "are supported",
+                    param=f"messages[{index}].content[{k}].type",
+                )
+            pieces.append(part["text"])
+        return "".join(pieces)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionBody(BaseModel):
+    """`POST /v1/chat/completions`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: Annotated[list[WireMessage], Field(min_length=1)]
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    documents: list[dict[str, Any]] | None = None
+    logprobs: bool | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if len(value) > 4:
+                raise ValueError("at most 4 stop sequences")
+            if any(not s for s in value):
+                raise ValueError("stop sequences must not be empty")
+        return value
+
+    def refuse_unsupported(self) -> None:
+        """400 for fields that redirect traffic or that we cannot honour."""
+        extra = self.model_extra or {}
+        for name in REDIRECTING_FIELDS:
+            if name in extra:
+                raise InvalidRequest(
+                    f"{name!r} is not accepted: clients cannot choose where the gateway sends "
+                    "traffic",
+                    param=name,
+                )
+        for name, why in UNSUPPORTED_FIELDS.items():
+            if extra.get(name) not in (None, [], False):
+                raise UnsupportedParameter(f"{name}: {why}", param=name)
+        if self.n is not None and self.n != 1:
+            raise UnsupportedParameter("n: only n=1 is supported", param="n")
+        if self.logprobs:
+            raise UnsupportedParameter("logprobs are not supported", param="logprobs")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise UnsupportedParameter(
+                "response_format: only the text format is supported", param="response_format"
+            )
+
+    def to_request(self, *, default_max_tokens: int, max_tokens_cap: int) -> ChatRequest:
+        self.refuse_unsupported()
+        messages = []
+        for index, message in enumerate(self.messages):
+            if message.role not in ("system", "user", "assistant"):
+                raise UnsupportedParameter(
+                    f"messages[{index}].role {message.role!r} is not supported; use system, "
+                    "user or assistant",
+                    param=f"messages[{index}].role",
+                )
+            role: Literal["system", "user", "assistant"] = message.role  # type: ignore[assignment]
+            messages.append(Message(role=role, content=message.text(index)))
+        if messages[-1].role == "assistant":
+            raise InvalidRequest(
+                "the last message must be from the user or the system", param="messages"
+            )
+        max_tokens = self.max_completion_tokens or self.max_tokens or default_max_tokens
+        if max_tokens > max_tokens_cap:
+            raise InvalidRequest(
+                f"max_tokens is {max_tokens}; this gateway allows at most {max_tokens_cap}",
+                param="max_completion_tokens" if self.max_completion_tokens else "max_tokens",
+            )
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        sampling = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=stops,
+            seed=self.seed,
+        )
+        return ChatRequest(
+            messages=tuple(messages),
+            documents=tuple(self.documents or ()),
+            sampling=sampling,
+        )

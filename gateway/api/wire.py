@@ -1,0 +1,118 @@
+"""Completions turned into OpenAI response bodies, SSE chunks and the gateway's headers."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from gateway.certainty import Certainty, ScoreResult
+from gateway.pipeline import Completion, Decided
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def decision_headers(
+    policy: str, decision: Decided | None, *, cached: bool | None = None
+) -> dict[str, str]:
+    """`x-gateway-*` and, when the certainty is already known, `x-certainty-*`."""
+    headers = {"x-gateway-policy": policy}
+    if decision is not None:
+        headers["x-gateway-action"] = decision.action.value
+        headers["x-gateway-cache"] = "hit" if decision.cached else "miss"
+        headers.update(certainty_headers(decision.certainty, decision.confidence))
+    elif cached is not None:
+        headers["x-gateway-cache"] = "hit" if cached else "miss"
+    return headers
+
+
+def certainty_headers(certainty: ScoreResult | None, confidence: float | None) -> dict[str, str]:
+    if certainty is None:
+        return {}
+    score = str(certainty.score) if isinstance(certainty, Certainty) else "none"
+    return {
+        "x-certainty-score": score,
+        "x-certainty-confidence": f"{confidence:.4f}" if confidence is not None else "none",
+    }
+
+
+def completion_headers(completion: Completion) -> dict[str, str]:
+    return {
+        "x-gateway-policy": completion.policy,
+        "x-gateway-action": completion.action.value,
+        "x-gateway-cache": "hit" if completion.cached else "miss",
+        **certainty_headers(completion.certainty, completion.confidence),
+    }
+
+
+def completion_body(completion: Completion, *, request_id: str, created: int) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": completion.policy,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        "usage": completion.usage.as_dict(),
+        "system_fingerprint": None,
+        "certainty": completion.certainty_object(),
+    }
+
+
+class ChunkWriter:
+    """Builds the `data: ...` lines of one streamed completion."""
+
+    def __init__(self, policy: str, *, include_usage: bool) -> None:
+        self.id = completion_id()
+        self.created = int(time.time())
+        self.policy = policy
+        self.include_usage = include_usage
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.policy,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
+        if self.include_usage and "usage" not in body:
+            body["usage"] = None
+        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+    def role(self) -> bytes:
+        delta = {"role": "assistant", "content": ""}
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def text(self, text: str) -> bytes:
+        delta = {"content": text}
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def finish(self, completion: Completion) -> list[bytes]:
+        certainty = completion.certainty_object()
+        choice = {
+            "index": 0,
+            "delta": {},
+            "logprobs": None,
+            "finish_reason": completion.finish_reason,
+        }
+        lines = [self._chunk([choice], certainty=certainty)]
+        if self.include_usage:
+            lines.append(self._chunk([], usage=completion.usage.as_dict(), certainty=certainty))
+        lines.append(b"data: [DONE]\n\n")
+        return lines
+
+    def error(self, message: str, error_type: str, code: str | None) -> bytes:
+        body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"

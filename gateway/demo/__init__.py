@@ -1,0 +1,163 @@
+"""`serve --demo`: the gateway on miniature models, offline, with all three actions happening.
+
+The miniature (random weights; its answers and certainties are noise) is built once into a cache
+folder. The demo's policies are the shipped `granite`, `cascade` and `guard`, with thresholds set
+from the miniature's own certainty on a few sample questions (its tertiles), so that returns,
+escalations and withholds all occur. Escalation goes over real HTTP, through LiteLLM, to this same
+gateway's `granite` policy. Everything else (config file, `GATEWAY_*` variables: cache URL, API
+keys, ...) works as in a real start; only the model, policies and escalation defaults differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config import DEFAULT_BASE, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+DEMO_VERSION = "1"
+SAMPLE_QUESTIONS = (
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "Name three planets of the solar system.",
+    "How do vaccines work?",
+    "Who wrote Hamlet?",
+    "What is 17 times 3?",
+    "Explain photosynthesis in one sentence.",
+    "What is the boiling point of water at sea level?",
+    "Which ocean is the largest?",
+    "What does a CPU do?",
+    "When did the Second World War end?",
+    "What is the speed of light?",
+)
+ESCALATION_KEY = "demo-escalation-key"
+BANNER = (
+    "DEMO MODE: miniature Granite-architecture models with random weights. "
+    "Answers and certainties are noise; the request path, policies, cache and escalation are real."
+)
+
+
+def demo_home() -> Path:
+    root = os.environ.get("CERTAINTY_GATEWAY_HOME")
+    if root:
+        return Path(root) / "demo"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "certainty-gateway" / "demo"
+
+
+def build_demo(home: Path) -> Path:
+    """Build the miniature model and the demo policies once; returns the folder."""
+    folder = home / f"v{DEMO_VERSION}"
+    done = folder / "ready.json"
+    if done.is_file():
+        return folder
+    from gateway.engine.tiny import make_tiny_model
+
+    log.info("building the demo's miniature model (once)", extra={"folder": str(folder)})
+    folder.mkdir(parents=True, exist_ok=True)
+    make_tiny_model(folder / "model", seed=0, teach=True)
+    low, high = _tertiles(folder / "model")
+    _write_policies(folder / "policies", low, high)
+    done.write_text(json.dumps({"return_at": high, "escalate_at": low}) + "\n")
+    return folder
+
+
+def _tertiles(model_dir: Path) -> tuple[float, float]:
+    """The miniature's expected confidence on the sample questions: its lower and upper thirds."""
+    from gateway.engine.base import ChatRequest, Message, SamplingParams
+    from gateway.engine.local import LocalEngine, ModelSource
+
+    engine = LocalEngine.load(
+        ModelSource(base=str(model_dir / "base"), adapter=str(model_dir / "adapter")),
+        device="cpu",
+        dtype="float32",
+    )
+    values = []
+    for question in SAMPLE_QUESTIONS:
+        messages = (Message(role="user", content=question),)
+        request = ChatRequest(messages=messages, sampling=SamplingParams(max_tokens=32))
+        answer = engine.generate(request).text
+        result = engine.score(messages, answer)
+        values.append(getattr(result, "expected_confidence", 0.0))
+    values.sort()
+    third = len(values) // 3
+    low = (values[third - 1] + values[third]) / 2
+    high = (values[2 * third - 1] + values[2 * third]) / 2
+    return round(low, 6), round(high, 6)
+
+
+def _write_policies(folder: Path, low: float, high: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = Path(__file__).resolve().parents[2] / "policies"
+    policies: dict[str, dict[str, Any]] = {
+        "granite": {
+            "name": "granite",
+            "description": "The miniature's answer, always returned, with its certainty.",
+            "return_at": 0.0,
+        },
+        "cascade": {
+            "name": "cascade",
+            "description": "Demo cascade: thresholds at the miniature's certainty tertiles.",
+            "return_at": high,
+            "escalate_at": low,
+            "escalate_to": "large",
+            "on_escalation_error": "return_local",
+        },
+        "guard": {
+            "name": "guard",
+            "description": "Demo guard: withholds the less certain half of the answers.",
+            "return_at": round((low + high) / 2, 6),
+        },
+    }
+    for name, body in policies.items():
+        note = f"# Written by `serve --demo` (thresholds fit the miniature model); see {shipped}.\n"
+        (folder / f"{name}.yaml").write_text(note + yaml.safe_dump(body, sort_keys=False))
+
+
+def prepare_demo(config: Path | None, *, host: str | None, port: int | None) -> Settings:
+    """Settings for the demo: the user's config and variables, with the demo's defaults."""
+    settings = load_settings(config)
+    folder = build_demo(demo_home())
+    port = port if port is not None else settings.server.port
+    host = host if host is not None else settings.server.host
+    call_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    update: dict[str, Any] = {"demo": True}
+    if settings.model.base == DEFAULT_BASE:
+        update["model"] = settings.model.model_copy(
+            update={
+                "base": str(folder / "model" / "base"),
+                "adapter": str(folder / "model" / "adapter"),
+                "adapter_subfolder": None,
+                "device": "cpu",
+                "dtype": "float32",
+            }
+        )
+    if settings.policies_dir == Path("policies"):
+        update["policies_dir"] = folder / "policies"
+    if not settings.escalation.model_list:
+        api_key = settings.auth.api_keys[0] if settings.auth.api_keys else ESCALATION_KEY
+        update["escalation"] = settings.escalation.model_copy(
+            update={
+                "model_list": [
+                    {
+                        "model_name": "large",
+                        "litellm_params": {
+                            "model": "openai/granite",
+                            "api_base": f"http://{call_host}:{port}/v1",
+                            "api_key": api_key,
+                        },
+                    }
+                ],
+                "timeout_s": 30.0,
+            }
+        )
+    log.warning(BANNER)
+    print(BANNER, flush=True)
+    return settings.model_copy(update=update)

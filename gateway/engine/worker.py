@@ -1,0 +1,244 @@
+"""One thread owns the model; requests reach it through a bounded queue and are batched.
+
+The event loop never runs the model: `generate` and `score` put a job on the queue and await a
+future. The worker thread takes the first job, waits up to `batch_wait_ms` for more (up to
+`max_batch_size`), then runs all the one-pass scores in one forward pass and all the decoding rows
+(answers, with the adapter off, and `generate`-mode scores, with it on) in one shared decoding
+loop. Each row's future is resolved as soon as that row finishes. A full queue is refused at once
+(`Overloaded`); a cancelled future stops its row at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.certainty import MAX_REPLY_TOKENS, ScoreResult, ScoringMode, parse_reply
+from gateway.engine.base import ChatRequest, Document, Generation, Message, SamplingParams
+from gateway.engine.local import DecodeRow, LocalEngine
+from gateway.errors import EngineFailure, GatewayError, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def resolve(self, value: Any) -> None:
+        self.loop.call_soon_threadsafe(_set_result, self.future, value)
+
+    def fail(self, exc: BaseException) -> None:
+        self.loop.call_soon_threadsafe(_set_exception, self.future, exc)
+
+
+@dataclass
+class _GenerateJob(_Job):
+    request: ChatRequest | None = None
+    on_text: Callable[[str], None] | None = None
+
+
+@dataclass
+class _ScoreJob(_Job):
+    messages: Sequence[Message] = ()
+    answer: str = ""
+    documents: Sequence[Document] = ()
+    mode: ScoringMode = "logits"
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class EngineWorker:
+    """Async front of a `LocalEngine`: a bounded queue and one batching thread."""
+
+    def __init__(
+        self,
+        engine: LocalEngine,
+        *,
+        max_batch_size: int = 8,
+        batch_wait_ms: float = 5.0,
+        queue_size: int = 64,
+    ) -> None:
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self.batches_run = 0
+        self.rows_run = 0
+
+    # ------------------------------------------------------------ event loop
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    @property
+    def served_name(self) -> str:
+        return self.engine.served_name
+
+    @property
+    def scoring_mode(self) -> ScoringMode:
+        return self.engine.scoring_mode
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join, 30.0)
+
+    def _submit(self, job: _Job) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise Overloaded(
+                "the model is busy: too many requests are waiting; retry shortly",
+                retry_after=1.0,
+            ) from None
+
+    async def generate(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> Generation:
+        """The base model's answer (adapter off); `on_text` runs on the event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Generation] = loop.create_future()
+        relay = None
+        if on_text is not None:
+            callback = on_text
+
+            def relay(text: str) -> None:
+                loop.call_soon_threadsafe(callback, text)
+
+        self._submit(_GenerateJob(loop=loop, future=future, request=request, on_text=relay))
+        return await future
+
+    async def score(
+        self,
+        messages: Sequence[Message],
+        answer: str,
+        documents: Sequence[Document] = (),
+        mode: ScoringMode | None = None,
+    ) -> ScoreResult:
+        """The adapter's rating of `answer` (adapter on)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ScoreResult] = loop.create_future()
+        job = _ScoreJob(
+            loop=loop,
+            future=future,
+            messages=tuple(messages),
+            answer=answer,
+            documents=tuple(documents),
+            mode=mode or self.engine.scoring_mode,
+        )
+        self._submit(job)
+        return await future
+
+    # ---------------------------------------------------------- worker thread
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.perf_counter() + self.batch_wait_s
+            stop = False
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                try:
+                    job = (
+                        self._queue.get(timeout=max(remaining, 0.0))
+                        if remaining > 0
+                        else (self._queue.get_nowait())
+                    )
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            live = [job for job in batch if not job.cancelled()]
+            if live:
+                try:
+                    self._run_batch(live)
+                except Exception as exc:  # a model failure must not kill the worker
+                    log.exception("engine batch failed")
+                    for job in live:
+                        job.fail(EngineFailure(f"the local model failed: {type(exc).__name__}"))
+            if stop:
+                return
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        engine = self.engine
+        logits_jobs: list[tuple[_ScoreJob, list[int]]] = []
+        rows: list[DecodeRow] = []
+        for job in jobs:
+            try:
+                if isinstance(job, _GenerateJob):
+                    assert job.request is not None
+                    rows.append(self._answer_row(job, engine.answer_prompt(job.request)))
+                elif isinstance(job, _ScoreJob):
+                    prompt = engine.certainty_prompt(job.messages, job.answer, job.documents)
+                    if job.mode == "logits":
+                        logits_jobs.append((job, prompt))
+                    else:
+                        rows.append(self._score_row(job, prompt))
+            except GatewayError as exc:
+                job.fail(exc)
+        self.batches_run += 1
+        self.rows_run += len(logits_jobs) + len(rows)
+        if logits_jobs:
+            results = engine.score_logits([prompt for _, prompt in logits_jobs])
+            for (job, _), result in zip(logits_jobs, results, strict=True):
+                job.resolve(result)
+        if rows:
+            engine.decode(rows)
+
+    @staticmethod
+    def _answer_row(job: _GenerateJob, prompt: list[int]) -> DecodeRow:
+        assert job.request is not None
+        return DecodeRow(
+            prompt_ids=prompt,
+            sampling=job.request.sampling,
+            adapter=False,
+            on_text=job.on_text,
+            on_done=job.resolve,
+            cancelled=job.cancelled,
+        )
+
+    @staticmethod
+    def _score_row(job: _ScoreJob, prompt: list[int]) -> DecodeRow:
+        def done(generation: Generation) -> None:
+            job.resolve(parse_reply(generation.text))
+
+        return DecodeRow(
+            prompt_ids=prompt,
+            sampling=SamplingParams(max_tokens=MAX_REPLY_TOKENS, temperature=0.0),
+            adapter=True,
+            on_done=done,
+            cancelled=job.cancelled,
+        )
