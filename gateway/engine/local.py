@@ -326,8 +326,38 @@ class LocalEngine:
         return _AdapterSelection(self.model, enabled)
 
     @torch.inference_mode()
-    def decode(self, rows: list[DecodeRow]) -> list[Generation]:
-        """Decode a batch of rows to completion; each row stops on its own conditions."""
+    def decode(
+        self,
+        rows: list[DecodeRow],
+        *,
+        admit: Callable[[int], list[DecodeRow]] | None = None,
+        max_rows: int | None = None,
+    ) -> list[Generation]:
+        """Decode a batch of rows to completion; each row stops on its own conditions.
+
+        A row that finishes (or is cancelled) leaves the batch at once: its `on_done` runs and
+        its part of the KV cache is dropped, so it costs nothing more. When `admit` is given it
+        is asked between steps for up to `max_rows - running` new rows; those are prefilled and
+        join the running batch (continuous batching). Returns every row's result, admitted rows
+        after the first ones, in order.
+        """
+        everyone = list(rows)
+        running = self._begin(rows) if rows else None
+        limit = max_rows if max_rows is not None else len(rows)
+        while True:
+            if running is not None:
+                running = self._continue(running)
+            if admit is not None and (running is None or _kv_layers(running.cache) is not None):
+                free = limit - (len(running.rows) if running is not None else 0)
+                joining = admit(free) if free > 0 else []
+                if joining:
+                    everyone.extend(joining)
+                    running = self._merge(running, self._begin(joining))
+            if running is None:
+                return [self._result(row) for row in everyone]
+
+    def _begin(self, rows: list[DecodeRow]) -> _Running | None:
+        """Prefill new rows (left padded) and pick their first tokens."""
         for row in rows:
             if row.sampling.greedy:
                 continue
@@ -335,46 +365,94 @@ class LocalEngine:
             seed = row.sampling.seed
             row.generator.manual_seed(seed if seed is not None else random.getrandbits(63))
         input_ids, attention, positions = self._left_pad([r.prompt_ids for r in rows])
-        cache: Any = None
-        live = [True] * len(rows)
-        step_input = input_ids
-        step_positions = positions
-        while any(live):
-            with self._adapters([r.adapter for r in rows]) as extra:
-                out = self.model(
-                    input_ids=step_input,
-                    attention_mask=attention,
-                    position_ids=step_positions,
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    **extra,
-                )
-            cache = out.cache
-            logits = out.logits[:, -1, :].float()
-            next_ids: list[int] = []
-            for i, row in enumerate(rows):
-                if not live[i]:
-                    next_ids.append(self.pad_id)
-                    continue
-                if row.cancelled is not None and row.cancelled():
-                    live[i] = False
-                    next_ids.append(self.pad_id)
-                    continue
-                token = self._pick(logits[i], row)
-                next_ids.append(token)
-                self._advance(row, token)
-                if row.finish_reason is not None:
-                    live[i] = False
-                    if row.on_done is not None:
-                        row.on_done(self._result(row))
-            step_input = torch.tensor(next_ids, dtype=torch.long, device=self.device)[:, None]
-            attention = torch.cat(
-                [attention, torch.ones((len(rows), 1), dtype=attention.dtype, device=self.device)],
-                dim=-1,
+        return self._forward(rows, input_ids, attention, positions[:, -1:], positions, None)
+
+    def _continue(self, running: _Running) -> _Running | None:
+        """One decoding step for every running row."""
+        ones = torch.ones((len(running.rows), 1), dtype=torch.long, device=self.device)
+        attention = torch.cat([running.attention, ones], dim=-1)
+        return self._forward(
+            running.rows,
+            running.next_ids,
+            attention,
+            running.positions,
+            running.positions,
+            running.cache,
+        )
+
+    def _forward(
+        self,
+        rows: list[DecodeRow],
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        last_positions: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+    ) -> _Running | None:
+        """Run the model, advance each row by one token, drop the rows that are done."""
+        with self._adapters([r.adapter for r in rows]) as extra:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
             )
-            step_positions = step_positions[:, -1:] + 1
-        return [self._result(row) for row in rows]
+        logits = out.logits[:, -1, :].float()
+        keep: list[int] = []
+        tokens: list[int] = []
+        for i, row in enumerate(rows):
+            if row.cancelled is not None and row.cancelled():
+                continue
+            token = self._pick(logits[i], row)
+            self._advance(row, token)
+            if row.finish_reason is not None:
+                if row.on_done is not None:
+                    row.on_done(self._result(row))
+                continue
+            keep.append(i)
+            tokens.append(token)
+        if not keep:
+            return None
+        cache = out.cache
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, dtype=torch.long, device=self.device)
+            cache.batch_select_indices(index)
+            attention = attention[index]
+            last_positions = last_positions[index]
+            attention = _trim_left(attention, cache)
+        return _Running(
+            rows=[rows[i] for i in keep],
+            cache=cache,
+            attention=attention,
+            positions=last_positions + 1,
+            next_ids=torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None],
+        )
+
+    @staticmethod
+    def _merge(running: _Running | None, joining: _Running | None) -> _Running | None:
+        """One batch of both: the shorter cache is left padded (masked) to the longer one."""
+        if running is None or joining is None:
+            return running or joining
+        ours, theirs = _kv_layers(running.cache), _kv_layers(joining.cache)
+        assert ours is not None
+        assert theirs is not None
+        width = max(running.attention.shape[1], joining.attention.shape[1])
+        for mine, other in zip(ours, theirs, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(other.keys, width)])
+            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(other.values, width)])
+        attention = torch.cat(
+            [_pad_left(running.attention, width), _pad_left(joining.attention, width)]
+        )
+        return _Running(
+            rows=running.rows + joining.rows,
+            cache=running.cache,
+            attention=attention,
+            positions=torch.cat([running.positions, joining.positions]),
+            next_ids=torch.cat([running.next_ids, joining.next_ids]),
+        )
 
     @staticmethod
     def _result(row: DecodeRow) -> Generation:
@@ -460,6 +538,55 @@ class _AdapterSelection:
         if self._context is not None:
             self._context.__exit__(*exc)
             self._context = None
+
+
+@dataclass
+class _Running:
+    """The rows still decoding, their KV cache, mask, and next input token and position."""
+
+    rows: list[DecodeRow]
+    cache: Any
+    attention: torch.Tensor  # (rows, cached tokens): 0 where a row is left padded
+    positions: torch.Tensor  # (rows, 1)
+    next_ids: torch.Tensor  # (rows, 1)
+
+
+def _kv_layers(cache: Any) -> list[Any] | None:
+    """The cache's per-layer key/value holders, when they are plain tensors we may reshape."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return None
+    for layer in layers:
+        keys = getattr(layer, "keys", None)
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 4:
+            return None
+    return list(layers)
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros on the left of the sequence dimension (-1 for a mask, -2 for keys/values)."""
+    dim = -1 if tensor.dim() == 2 else -2
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _trim_left(attention: torch.Tensor, cache: Any) -> torch.Tensor:
+    """Drop the leading columns that no remaining row attends to (padding of departed rows)."""
+    layers = _kv_layers(cache)
+    if layers is None:
+        return attention
+    used = attention.any(dim=0).nonzero()
+    first = int(used[0].item()) if used.numel() else 0
+    if first == 0:
+        return attention
+    for layer in layers:
+        layer.keys = layer.keys[:, :, first:, :]
+        layer.values = layer.values[:, :, first:, :]
+    return attention[:, first:]
 
 
 def _load_hint(what: str, where: str, exc: BaseException) -> str:

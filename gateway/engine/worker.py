@@ -4,13 +4,17 @@ The event loop never runs the model: `generate` and `score` put a job on the que
 future. The worker thread takes the first job, waits up to `batch_wait_ms` for more (up to
 `max_batch_size`), then runs all the one-pass scores in one forward pass and all the decoding rows
 (answers, with the adapter off, and `generate`-mode scores, with it on) in one shared decoding
-loop. Each row's future is resolved as soon as that row finishes. A full queue is refused at once
-(`Overloaded`); a cancelled future stops its row at the next step.
+loop. Each row's future is resolved as soon as that row finishes, and the row leaves the batch.
+Between decoding steps the worker takes more jobs from the queue: one-pass scores run at once,
+new decoding rows join the running batch while it has room (continuous batching), so a short
+request does not wait for a long batch to end. A full queue is refused at once (`Overloaded`);
+a cancelled future stops its row at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -22,7 +26,7 @@ from typing import Any
 from gateway.certainty import MAX_REPLY_TOKENS, ScoreResult, ScoringMode, parse_reply
 from gateway.engine.base import ChatRequest, Document, Generation, Message, SamplingParams
 from gateway.engine.local import DecodeRow, LocalEngine
-from gateway.errors import EngineFailure, GatewayError, Overloaded
+from gateway.errors import EngineFailure, GatewayError, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,16 @@ class _Job:
         return self.future.cancelled()
 
     def resolve(self, value: Any) -> None:
-        self.loop.call_soon_threadsafe(_set_result, self.future, value)
+        _call_soon(self.loop, _set_result, self.future, value)
 
     def fail(self, exc: BaseException) -> None:
-        self.loop.call_soon_threadsafe(_set_exception, self.future, exc)
+        _call_soon(self.loop, _set_exception, self.future, exc)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Hand a result to the job's event loop; a loop that has closed meanwhile is ignored."""
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for this job any more
+        loop.call_soon_threadsafe(callback, *args)
 
 
 @dataclass
@@ -83,8 +93,17 @@ class EngineWorker:
         self.batch_wait_s = batch_wait_ms / 1000.0
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self._stopping = False
+        self._stop_seen = False
+        self._running: list[_Job] = []
         self.batches_run = 0
+        """Batches formed from the queue (each: one scoring pass and/or one decoding loop)."""
         self.rows_run = 0
+        """Jobs run: answers and scores, in a formed batch or joined between steps."""
+        self.rows_joined = 0
+        """Decoding rows that joined a batch that was already decoding."""
+        self.rows_cancelled = 0
+        """Rows stopped because their caller went away."""
 
     # ------------------------------------------------------------ event loop
 
@@ -108,10 +127,23 @@ class EngineWorker:
         self._thread.start()
 
     async def stop(self) -> None:
-        self._queue.put(None)
+        """Refuse new jobs, finish the queued ones, and end the thread."""
+        self._stopping = True
+        if not self._thread.is_alive():  # never started: fail what waits
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                if job is not None:
+                    job.fail(NotReady("the model was stopped before it ran this request"))
+        # A blocking put: the queue may be full, and this must not block the event loop.
+        await asyncio.to_thread(self._queue.put, None)
         await asyncio.to_thread(self._thread.join, 30.0)
 
     def _submit(self, job: _Job) -> None:
+        if self._stopping:
+            raise NotReady("the model is shutting down; retry on another replica")
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -131,7 +163,7 @@ class EngineWorker:
             callback = on_text
 
             def relay(text: str) -> None:
-                loop.call_soon_threadsafe(callback, text)
+                _call_soon(loop, callback, text)
 
         self._submit(_GenerateJob(loop=loop, future=future, request=request, on_text=relay))
         return await future
@@ -160,39 +192,51 @@ class EngineWorker:
     # ---------------------------------------------------------- worker thread
 
     def _run(self) -> None:
-        while True:
+        while not self._stop_seen:
             first = self._queue.get()
             if first is None:
                 return
             batch = [first]
             deadline = time.perf_counter() + self.batch_wait_s
-            stop = False
             while len(batch) < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 try:
                     job = (
-                        self._queue.get(timeout=max(remaining, 0.0))
+                        self._queue.get(timeout=remaining)
                         if remaining > 0
-                        else (self._queue.get_nowait())
+                        else self._queue.get_nowait()
                     )
                 except queue.Empty:
                     break
                 if job is None:
-                    stop = True
+                    self._stop_seen = True
                     break
                 batch.append(job)
             live = [job for job in batch if not job.cancelled()]
-            if live:
-                try:
-                    self._run_batch(live)
-                except Exception as exc:  # a model failure must not kill the worker
-                    log.exception("engine batch failed")
-                    for job in live:
-                        job.fail(EngineFailure(f"the local model failed: {type(exc).__name__}"))
-            if stop:
-                return
+            if not live:
+                continue
+            self._running = list(live)
+            try:
+                self._run_batch(live)
+            except Exception as exc:  # a model failure must not kill the worker
+                log.exception("engine batch failed")
+                failure = EngineFailure(f"the local model failed: {type(exc).__name__}")
+                for job in self._running:
+                    job.fail(failure)
+            finally:
+                self._running = []
 
     def _run_batch(self, jobs: list[_Job]) -> None:
+        self.batches_run += 1
+        rows = self._prepare(jobs)
+        if rows:
+            self.engine.decode(rows, admit=self._admit, max_rows=self.max_batch_size)
+
+    def _prepare(self, jobs: list[_Job]) -> list[DecodeRow]:
+        """Run the one-pass scores of `jobs` now; return the decoding rows of the others.
+
+        A job whose prompt cannot be built (too long, bad documents) fails alone.
+        """
         engine = self.engine
         logits_jobs: list[tuple[_ScoreJob, list[int]]] = []
         rows: list[DecodeRow] = []
@@ -209,17 +253,50 @@ class EngineWorker:
                         rows.append(self._score_row(job, prompt))
             except GatewayError as exc:
                 job.fail(exc)
-        self.batches_run += 1
+            except Exception as exc:
+                log.warning("could not build a prompt", extra={"error": type(exc).__name__})
+                job.fail(EngineFailure(f"could not build the prompt: {type(exc).__name__}"))
         self.rows_run += len(logits_jobs) + len(rows)
         if logits_jobs:
             results = engine.score_logits([prompt for _, prompt in logits_jobs])
             for (job, _), result in zip(logits_jobs, results, strict=True):
                 job.resolve(result)
-        if rows:
-            engine.decode(rows)
+        return rows
 
-    @staticmethod
-    def _answer_row(job: _GenerateJob, prompt: list[int]) -> DecodeRow:
+    def _admit(self, free: int) -> list[DecodeRow]:
+        """Between decoding steps: take waiting jobs without waiting; up to `free` new rows."""
+        taken: list[_Job] = []
+        decoding = 0
+        while not self._stop_seen and decoding < free and len(taken) < self.max_batch_size:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._stop_seen = True  # finish what runs, then end the thread
+                break
+            if job.cancelled():
+                continue
+            taken.append(job)
+            if not (isinstance(job, _ScoreJob) and job.mode == "logits"):
+                decoding += 1
+        if not taken:
+            return []
+        self._running.extend(taken)
+        rows = self._prepare(taken)
+        self.rows_joined += len(rows)
+        return rows
+
+    def _cancel_check(self, job: _Job) -> Callable[[], bool]:
+        def cancelled() -> bool:
+            if job.cancelled():
+                self.rows_cancelled += 1
+                return True
+            return False
+
+        return cancelled
+
+    def _answer_row(self, job: _GenerateJob, prompt: list[int]) -> DecodeRow:
         assert job.request is not None
         return DecodeRow(
             prompt_ids=prompt,
@@ -227,11 +304,10 @@ class EngineWorker:
             adapter=False,
             on_text=job.on_text,
             on_done=job.resolve,
-            cancelled=job.cancelled,
+            cancelled=self._cancel_check(job),
         )
 
-    @staticmethod
-    def _score_row(job: _ScoreJob, prompt: list[int]) -> DecodeRow:
+    def _score_row(self, job: _ScoreJob, prompt: list[int]) -> DecodeRow:
         def done(generation: Generation) -> None:
             job.resolve(parse_reply(generation.text))
 
@@ -240,5 +316,5 @@ class EngineWorker:
             sampling=SamplingParams(max_tokens=MAX_REPLY_TOKENS, temperature=0.0),
             adapter=True,
             on_done=done,
-            cancelled=job.cancelled,
+            cancelled=self._cancel_check(job),
         )
