@@ -252,7 +252,7 @@ class Pipeline:
             return None
         return cache_key(
             policy_name=policy.name,
-            policy_hash=policy.content_hash(),
+            policy_hash=self.policies.current.hashes.get(policy.name) or policy.content_hash(),
             model_id=self.engine.model_id,
             scoring_mode=self.engine.scoring_mode,
             messages=inp.request.message_dicts(),

@@ -26,6 +26,8 @@ class PolicySet:
 
     policies: Mapping[str, Policy]
     version: str
+    hashes: Mapping[str, str]
+    """Each policy's `content_hash()`, computed once at load (cache keys need it per request)."""
 
     def get(self, name: str) -> Policy | None:
         return self.policies.get(name)
@@ -67,10 +69,11 @@ def load_policies(folder: Path) -> PolicySet:
             )
         policies[policy.name] = policy
         origin[policy.name] = path
+    hashes = {name: policy.content_hash() for name, policy in policies.items()}
     digest = hashlib.sha256()
-    for name in sorted(policies):
-        digest.update(f"{name}={policies[name].content_hash()};".encode())
-    return PolicySet(policies=policies, version=digest.hexdigest()[:16])
+    for name in sorted(hashes):
+        digest.update(f"{name}={hashes[name]};".encode())
+    return PolicySet(policies=policies, version=digest.hexdigest()[:16], hashes=hashes)
 
 
 def missing_escalation_targets(policies: PolicySet, targets: set[str]) -> list[str]:
