@@ -78,20 +78,28 @@ async def _build_state(
     policies = PolicyStore.open(settings.policies_dir, escalator.targets)
     async_engine: AsyncEngine
     depth_source: Any = None
-    if engine is None:
-        from gateway.engine.factory import engine_from_settings
+    if settings.engine.kind == "vllm":  # the model runs in vLLM: only its tokenizer is loaded
+        from gateway.engine.remote import RemoteEngine
 
-        engine = await asyncio.to_thread(engine_from_settings, settings.model)
-    worker = EngineWorker(
-        engine,
-        max_batch_size=settings.engine.max_batch_size,
-        batch_wait_ms=settings.engine.batch_wait_ms,
-        queue_size=settings.engine.queue_size,
-    )
-    worker.start()
-    stack.push_async_callback(worker.stop)
-    async_engine = worker
-    depth_source = worker
+        remote = await RemoteEngine.open(settings.engine, settings.model)
+        stack.push_async_callback(remote.close)
+        async_engine = remote
+        depth_source = remote
+    else:
+        if engine is None:
+            from gateway.engine.factory import engine_from_settings
+
+            engine = await asyncio.to_thread(engine_from_settings, settings.model)
+        worker = EngineWorker(
+            engine,
+            max_batch_size=settings.engine.max_batch_size,
+            batch_wait_ms=settings.engine.batch_wait_ms,
+            queue_size=settings.engine.queue_size,
+        )
+        worker.start()
+        stack.push_async_callback(worker.stop)
+        async_engine = worker
+        depth_source = worker
     cache = build_cache(settings.cache)
     stack.push_async_callback(cache.close)
     pipeline = Pipeline(

@@ -1,0 +1,537 @@
+"""The remote engine: the model served by vLLM, the base model and the uncertainty LoRA by name.
+
+vLLM runs `granite-4.0-micro` with `--enable-lora --lora-modules uncertainty=PATH
+--max-lora-rank 32`; a request selects the adapter by sending its name as `model`. The gateway
+keeps only the tokenizer (to render the adapter's prompt exactly as the local engine does):
+
+* the answer: `POST /v1/chat/completions` with the base model's name (streamed when the caller
+  streams; vLLM applies the model's own chat template, documents included);
+* the certainty, `logits` mode: one `POST /v1/completions` with the adapter's name, the rendered
+  certainty prompt plus the forced prefix `{"score": "` as token ids, `max_tokens: 1`,
+  `logprobs: 10`, `temperature: 0`; the digit distribution is read from the `top_logprobs` of that
+  one position by IBM's rule (`certainty_from_top_logprobs`);
+* `generate` mode: the same prompt without the prefix, up to 15 greedy tokens, parsed as the seed
+  does.
+
+Failures are bounded like escalations: every call has a deadline (`engine.vllm_timeout_s`: the
+whole call, or, streamed, each gap between chunks), a failed connection or a 5xx is tried once
+more, and what still fails raises `RemoteEngineFailed` (HTTP 502) with a message that says why.
+A prompt longer than the served context is the client's `ContextLengthExceeded` (400); vLLM's
+429/503 becomes our `Overloaded` (503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from gateway.certainty import (
+    MAX_REPLY_TOKENS,
+    REPLY_PREFIX,
+    Certainty,
+    ScoreResult,
+    ScoringMode,
+    Unscored,
+    certainty_from_top_logprobs,
+    certainty_messages,
+    digit_confidence,
+    parse_reply,
+)
+from gateway.config import EngineSettings, ModelSettings
+from gateway.engine.base import ChatRequest, Document, FinishReason, Generation, Message
+from gateway.errors import (
+    ConfigError,
+    ContextLengthExceeded,
+    GatewayError,
+    ModelLoadError,
+    Overloaded,
+    ServiceError,
+)
+
+log = logging.getLogger(__name__)
+
+TOP_LOGPROBS = 10
+"""Alternatives asked for at the digit position: all ten digits when the adapter is sure of
+the format (IBM's runtime asks for the same number)."""
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_CONTEXT_HINTS = ("maximum context length", "context length", "too long", "max_model_len")
+
+
+class RemoteEngineFailed(ServiceError):
+    """The model server could not answer: unreachable, too slow, or an error of its own."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "engine_unavailable"
+
+
+def openai_base_url(url: str) -> str:
+    """`http://host:8000` and `http://host:8000/v1/` both mean `http://host:8000/v1`."""
+    url = url.rstrip("/")
+    if urlsplit(url).path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+def load_tokenizer(base: str, revision: str | None = None) -> Any:
+    """Only the base model's tokenizer (and chat template): no weights are loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(base, revision=revision)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"could not load the tokenizer of {base!r} (the remote engine renders the "
+            f"adapter's prompt with it): {first}; point model.base (GATEWAY_MODEL__BASE) at "
+            "the model's folder or hub id"
+        ) from exc
+
+
+class RemoteEngine:
+    """`AsyncEngine` over a vLLM (or any OpenAI-compatible, logprobs-capable) server."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        base_model: str,
+        adapter_model: str,
+        tokenizer: Any,
+        model_id: str | None = None,
+        timeout_s: float = 60.0,
+        scoring_mode: ScoringMode = "logits",
+        max_context: int | None = None,
+        retries: int = 1,
+        max_connections: int = 256,
+    ) -> None:
+        self.base_url = openai_base_url(base_url)
+        self.base_model = base_model
+        self.adapter_model = adapter_model
+        self.tokenizer = tokenizer
+        self.timeout_s = timeout_s
+        self.max_context = max_context
+        self.retries = retries
+        self._scoring_mode: ScoringMode = scoring_mode
+        self._model_id = model_id or f"vllm:{base_model}+{adapter_model}"
+        self.prefix_ids: list[int] = tokenizer.encode(REPLY_PREFIX, add_special_tokens=False)
+        self._in_flight = 0
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    @classmethod
+    def from_settings(cls, engine: EngineSettings, model: ModelSettings) -> RemoteEngine:
+        """Build from `engine.vllm_*`; the tokenizer comes from `model.base` (local or hub)."""
+        if not engine.vllm_base_url:
+            raise ConfigError(
+                "engine.vllm_base_url (or GATEWAY_ENGINE__VLLM_BASE_URL) is required when "
+                "engine.kind is vllm, e.g. http://vllm:8000/v1"
+            )
+        base_model = engine.vllm_base_model or model.base
+        sub = f"/{model.adapter_subfolder}" if model.adapter_subfolder else ""
+        identity = (
+            f"vllm:{base_model}+{engine.vllm_adapter_model}"
+            f"|{model.base}@{model.base_revision or 'default'}"
+            f"+{model.adapter}{sub}@{model.adapter_revision or 'default'}"
+        )
+        return cls(
+            base_url=engine.vllm_base_url,
+            base_model=base_model,
+            adapter_model=engine.vllm_adapter_model,
+            tokenizer=load_tokenizer(model.base, model.base_revision),
+            model_id=identity,
+            timeout_s=engine.vllm_timeout_s,
+            scoring_mode=model.scoring_mode,
+            max_context=model.max_context,
+        )
+
+    @classmethod
+    async def open(cls, engine: EngineSettings, model: ModelSettings) -> RemoteEngine:
+        """`from_settings` off the event loop, then a look at what the server serves.
+
+        A server that is not up yet is only logged: the gateway starts, and requests fail
+        with a 502 until the server answers (vLLM takes minutes to load).
+        """
+        remote = await asyncio.to_thread(cls.from_settings, engine, model)
+        for problem in await remote.probe():
+            log.warning("remote engine: %s", problem, extra={"engine_url": remote.base_url})
+        return remote
+
+    # --------------------------------------------------------------- interface
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def served_name(self) -> str:
+        return self.base_model
+
+    @property
+    def scoring_mode(self) -> ScoringMode:
+        return self._scoring_mode
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting on the model server now (the server queues them itself)."""
+        return self._in_flight
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def probe(self) -> list[str]:
+        """What is wrong with the server, as sentences; empty when both models are served."""
+        try:
+            async with asyncio.timeout(min(self.timeout_s, 5.0)):
+                response = await self._client.get("/models")
+            response.raise_for_status()
+            served = {str(m.get("id")) for m in response.json().get("data", [])}
+        except (TimeoutError, httpx.HTTPError, ValueError, AttributeError) as exc:
+            return [f"the model server at {self.base_url} did not list its models ({_why(exc)})"]
+        problems = []
+        if self.base_model not in served:
+            problems.append(
+                f"the model server does not serve {self.base_model!r} (engine.vllm_base_model); "
+                f"it serves {sorted(served)}"
+            )
+        if self.adapter_model not in served:
+            problems.append(
+                f"the model server does not serve the adapter {self.adapter_model!r} "
+                f"(engine.vllm_adapter_model); start vLLM with --enable-lora --lora-modules "
+                f"{self.adapter_model}=PATH --max-lora-rank 32"
+            )
+        return problems
+
+    # --------------------------------------------------------------- prompts
+
+    def render(
+        self, messages: Sequence[dict[str, str]], documents: Sequence[Document] = ()
+    ) -> list[int]:
+        """Token ids of a conversation rendered by the model's own chat template."""
+        text = self.tokenizer.apply_chat_template(
+            list(messages),
+            documents=[dict(d) for d in documents] or None,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def certainty_prompt(
+        self, messages: Sequence[Message], answer: str, documents: Sequence[Document] = ()
+    ) -> list[int]:
+        """The adapter's prompt: request + answer + `<certainty>` turn, the same documents."""
+        conversation = certainty_messages([m.as_dict() for m in messages], answer)
+        ids = self.render(conversation, documents)
+        budget = len(ids) + len(self.prefix_ids) + MAX_REPLY_TOKENS
+        if self.max_context is not None and budget > self.max_context:
+            raise ContextLengthExceeded(
+                "the conversation and its answer do not fit the model's context for scoring",
+                param="messages",
+            )
+        return ids
+
+    # ---------------------------------------------------------------- answers
+
+    async def generate(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> Generation:
+        """The base model's answer; `on_text` gets each piece as vLLM streams it."""
+        sampling = request.sampling
+        body: dict[str, Any] = {
+            "model": self.base_model,
+            "messages": request.message_dicts(),
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if request.documents:
+            body["documents"] = [dict(d) for d in request.documents]
+        if on_text is None:
+            reply = await self._post("/chat/completions", body)
+            choice = _first_choice(reply)
+            message = choice.get("message") or {}
+            return self._generation(
+                request,
+                str(message.get("content") or ""),
+                choice.get("finish_reason"),
+                reply.get("usage"),
+            )
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        parts: list[str] = []
+        finish: Any = None
+        usage: Any = None
+        # Closed here, whatever happens: the stream's deadline must not outlive the loop.
+        async with aclosing(self._stream("/chat/completions", body)) as chunks:
+            async for chunk in chunks:
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    if piece:
+                        parts.append(piece)
+                        on_text(piece)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+        return self._generation(request, "".join(parts), finish, usage)
+
+    def _generation(self, request: ChatRequest, text: str, finish: Any, usage: Any) -> Generation:
+        usage = usage if isinstance(usage, dict) else {}
+        prompt_tokens = usage.get("prompt_tokens")
+        if prompt_tokens is None:
+            prompt_tokens = len(self.render(request.message_dicts(), request.documents))
+        completion_tokens = usage.get("completion_tokens")
+        if completion_tokens is None:
+            completion_tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
+        reason: FinishReason = "length" if finish == "length" else "stop"
+        return Generation(
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=int(prompt_tokens),
+            completion_tokens=int(completion_tokens),
+        )
+
+    # ---------------------------------------------------------------- scoring
+
+    async def score(
+        self,
+        messages: Sequence[Message],
+        answer: str,
+        documents: Sequence[Document] = (),
+        mode: ScoringMode | None = None,
+    ) -> ScoreResult:
+        """The adapter's rating of `answer`: one completion step with its name as `model`."""
+        prompt = await asyncio.to_thread(self.certainty_prompt, messages, answer, documents)
+        if (mode or self._scoring_mode) == "generate":
+            reply = await self._post(
+                "/completions",
+                {
+                    "model": self.adapter_model,
+                    "prompt": prompt,
+                    "max_tokens": MAX_REPLY_TOKENS,
+                    "temperature": 0.0,
+                },
+            )
+            return parse_reply(str(_first_choice(reply).get("text") or ""))
+        reply = await self._post(
+            "/completions",
+            {
+                "model": self.adapter_model,
+                "prompt": prompt + self.prefix_ids,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": TOP_LOGPROBS,
+            },
+        )
+        return certainty_from_completion(_first_choice(reply))
+
+    # ------------------------------------------------------------------- HTTP
+
+    @asynccontextmanager
+    async def _tracked(self) -> AsyncIterator[None]:
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One JSON call under the deadline, tried once more on a failed connection or a 5xx."""
+        async with self._tracked():
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    for attempt in range(self.retries + 1):
+                        response = await self._send(
+                            self._client.build_request("POST", path, json=body), attempt
+                        )
+                        if response is None:
+                            continue
+                        if response.status_code in RETRYABLE_STATUS and attempt < self.retries:
+                            log.info("model server answered %s; trying again", response.status_code)
+                            continue
+                        if response.status_code >= 400:
+                            raise self._http_error(response, body)
+                        return _json_object(response.content)
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                raise self._timed_out() from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _send(self, request: httpx.Request, attempt: int) -> httpx.Response | None:
+        """Send; `None` means "the connection failed, try again"."""
+        try:
+            return await self._client.send(request)
+        except httpx.TimeoutException:
+            raise
+        except httpx.TransportError as exc:
+            if attempt < self.retries:
+                log.info("model server unreachable (%s); trying again", type(exc).__name__)
+                return None
+            raise RemoteEngineFailed(
+                f"the model server at {self.base_url} could not be reached ({_why(exc)})"
+            ) from exc
+
+    async def _stream(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The JSON chunks of a server-sent-event stream; each must come within the deadline."""
+        loop = asyncio.get_running_loop()
+        async with self._tracked():
+            try:
+                async with asyncio.timeout(self.timeout_s) as deadline:
+                    response = await self._open_stream(path, body)
+                    try:
+                        async for line in response.aiter_lines():
+                            deadline.reschedule(loop.time() + self.timeout_s)
+                            if not line.startswith("data:"):
+                                continue
+                            data = line[len("data:") :].strip()
+                            if data == "[DONE]":
+                                return
+                            chunk = _json_object(data.encode())
+                            if "error" in chunk:
+                                raise RemoteEngineFailed(
+                                    f"the model server failed mid-answer: {_error_message(chunk)}"
+                                )
+                            yield chunk
+                    except httpx.TransportError as exc:
+                        if isinstance(exc, httpx.TimeoutException):
+                            raise
+                        raise RemoteEngineFailed(
+                            f"the model server broke off the answer ({_why(exc)})"
+                        ) from exc
+                    finally:
+                        await response.aclose()
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                raise self._timed_out() from exc
+
+    async def _open_stream(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            request = self._client.build_request("POST", path, json=body)
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.TimeoutException:
+                raise
+            except httpx.TransportError as exc:
+                if attempt < self.retries:
+                    continue
+                raise RemoteEngineFailed(
+                    f"the model server at {self.base_url} could not be reached ({_why(exc)})"
+                ) from exc
+            if response.status_code < 400:
+                return response
+            await response.aread()
+            await response.aclose()
+            if response.status_code in RETRYABLE_STATUS and attempt < self.retries:
+                continue
+            raise self._http_error(response, body)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _timed_out(self) -> RemoteEngineFailed:
+        return RemoteEngineFailed(
+            f"the model server at {self.base_url} did not answer within {self.timeout_s:g} s"
+        )
+
+    def _http_error(self, response: httpx.Response, body: dict[str, Any]) -> GatewayError:
+        status = response.status_code
+        try:
+            message = _error_message(json.loads(response.content))
+        except ValueError:
+            message = response.text
+        message = " ".join(message.split())[:300] or response.reason_phrase
+        if status == 400 and any(hint in message.lower() for hint in _CONTEXT_HINTS):
+            return ContextLengthExceeded(
+                f"the conversation does not fit the model's context: {message}", param="messages"
+            )
+        if status in (429, 503):
+            retry_after = _retry_after(response.headers.get("retry-after"))
+            return Overloaded(
+                f"the model server is busy (HTTP {status}); retry shortly",
+                retry_after=retry_after,
+            )
+        if status == 404:
+            return RemoteEngineFailed(
+                f"the model server does not serve {body.get('model')!r} (HTTP 404: {message}); "
+                "check engine.vllm_base_model / engine.vllm_adapter_model against vLLM's "
+                "--served-model-name and --lora-modules"
+            )
+        return RemoteEngineFailed(f"the model server failed (HTTP {status}: {message})")
+
+
+def certainty_from_completion(choice: dict[str, Any]) -> ScoreResult:
+    """The certainty in one `/v1/completions` choice whose one token is the digit."""
+    logprobs = choice.get("logprobs") or {}
+    tops = logprobs.get("top_logprobs") or []
+    if not tops or not isinstance(tops[0], dict):
+        raise RemoteEngineFailed(
+            "the model server returned no top_logprobs for the certainty digit; it must "
+            "support `logprobs` on /v1/completions (vLLM does, up to --max-logprobs, default 20)"
+        )
+    found = certainty_from_top_logprobs(tops[0])
+    if found.score is None or found.distribution is None:
+        return Unscored(reply=str(choice.get("text") or ""), mode="logits")
+    return Certainty(
+        score=found.score,
+        confidence=digit_confidence(found.score),
+        expected_confidence=found.expected_confidence,
+        distribution=found.distribution,
+        mode="logits",
+    )
+
+
+def _first_choice(reply: dict[str, Any]) -> dict[str, Any]:
+    choices = reply.get("choices")
+    if not choices or not isinstance(choices[0], dict):
+        raise RemoteEngineFailed("the model server's reply has no choices")
+    choice: dict[str, Any] = choices[0]
+    return choice
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise RemoteEngineFailed("the model server's reply is not JSON") from exc
+    if not isinstance(value, dict):
+        raise RemoteEngineFailed("the model server's reply is not a JSON object")
+    return value
+
+
+def _error_message(payload: Any) -> str:
+    """vLLM's error, `{"error": {"message"}}` (or the older flat `{"message"}`)."""
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return str(payload)
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(1.0, float(value)) if value else 1.0
+    except ValueError:
+        return 1.0
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,373 @@
+"""The remote (vLLM) engine over real HTTP against the vLLM stand-in serving the miniature."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.api.app import create_app
+from gateway.certainty import Certainty, Unscored
+from gateway.config import EngineSettings, ModelSettings, Settings
+from gateway.engine.base import ChatRequest, Document, Message, SamplingParams
+from gateway.engine.local import LocalEngine
+from gateway.engine.remote import (
+    TOP_LOGPROBS,
+    RemoteEngine,
+    RemoteEngineFailed,
+    certainty_from_completion,
+    openai_base_url,
+)
+from gateway.errors import ContextLengthExceeded
+from gateway.escalation import EscalationDelta, EscalationReply
+from tests.engine.vllm_stub import ADAPTER_MODEL, BASE_MODEL, VLLMStub
+
+T = TypeVar("T")
+
+QUESTION = (Message(role="user", content="What is the capital of France?"),)
+DOCUMENTS = ({"doc_id": "1", "text": "Paris is the capital of France."},)
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def server(engine: LocalEngine) -> Iterator[VLLMStub]:
+    stub = VLLMStub(engine).start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def vllm(server: VLLMStub) -> VLLMStub:
+    server.mode = "ok"
+    server.fail_next = 0
+    server.requests.clear()
+    return server
+
+
+def settings_for(url: str, tiny_model_dir: Path, **engine: Any) -> Settings:
+    return Settings(
+        engine=EngineSettings(
+            kind="vllm",
+            vllm_base_url=url,
+            vllm_base_model=engine.pop("vllm_base_model", BASE_MODEL),
+            **engine,
+        ),
+        model=ModelSettings(
+            base=str(tiny_model_dir / "base"),
+            adapter=str(tiny_model_dir / "adapter"),
+            adapter_subfolder=None,
+        ),
+    )
+
+
+@asynccontextmanager
+async def connected(url: str, tiny_model_dir: Path, **engine: Any) -> AsyncIterator[RemoteEngine]:
+    settings = settings_for(url, tiny_model_dir, **engine)
+    remote = RemoteEngine.from_settings(settings.engine, settings.model)
+    try:
+        yield remote
+    finally:
+        await remote.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------- answers
+
+
+def test_answer_comes_from_chat_completions_with_the_base_model_name(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
+) -> None:
+    request = ChatRequest(messages=QUESTION, sampling=SamplingParams(max_tokens=12))
+
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return await remote.generate(request)
+
+    assert run(scenario) == engine.generate(request)
+    (body,) = vllm.bodies("/v1/chat/completions")
+    assert body["model"] == BASE_MODEL
+    assert body["max_tokens"] == 12
+    assert "stream" not in body
+
+
+def test_streamed_answer_calls_on_text_with_each_delta(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
+) -> None:
+    request = ChatRequest(
+        messages=QUESTION, sampling=SamplingParams(max_tokens=16, temperature=1.0, seed=3)
+    )
+    pieces: list[str] = []
+
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return await remote.generate(request, on_text=pieces.append)
+
+    streamed = run(scenario)
+    assert streamed == engine.generate(request)
+    assert len(pieces) > 1
+    assert "".join(pieces) == streamed.text
+    (body,) = vllm.bodies("/v1/chat/completions")
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["seed"] == 3
+
+
+def test_documents_reach_the_served_chat_template(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
+) -> None:
+    sampling = SamplingParams(max_tokens=12)
+    with_documents = ChatRequest(messages=QUESTION, documents=DOCUMENTS, sampling=sampling)
+
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return await remote.generate(with_documents)
+
+    answer = run(scenario)
+    assert answer == engine.generate(with_documents)
+    assert answer.prompt_tokens > engine.count_prompt_tokens(ChatRequest(messages=QUESTION))
+    assert vllm.bodies("/v1/chat/completions")[0]["documents"] == [dict(DOCUMENTS[0])]
+
+
+# ------------------------------------------------------------------------------------- scores
+
+
+def test_certainty_is_one_completion_step_with_the_adapter_name(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
+) -> None:
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return await remote.score(QUESTION, "Paris.", DOCUMENTS)
+
+    remote_score = run(scenario)
+    (body,) = vllm.bodies("/v1/completions")
+    assert body["model"] == ADAPTER_MODEL
+    assert body["max_tokens"] == 1
+    assert body["logprobs"] == TOP_LOGPROBS
+    assert body["temperature"] == 0.0
+    assert body["prompt"] == engine.certainty_prompt(QUESTION, "Paris.", DOCUMENTS) + (
+        engine.prefix_ids
+    )
+    local = engine.score(QUESTION, "Paris.", DOCUMENTS, mode="logits")
+    assert isinstance(remote_score, Certainty)
+    assert isinstance(local, Certainty)
+    assert remote_score.mode == "logits"
+    assert remote_score.score == local.score
+    assert remote_score.distribution is not None
+    assert local.distribution is not None
+    # IBM's rule renormalises the digits among the top alternatives: ratios are kept.
+    top = local.score
+    for digit, p in enumerate(remote_score.distribution):
+        if p > 0:
+            expected = local.distribution[digit] / local.distribution[top]
+            assert p / remote_score.distribution[top] == pytest.approx(expected, rel=1e-3)
+
+
+def test_generate_mode_scoring_parses_the_adapters_reply(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
+) -> None:
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return await remote.score(QUESTION, "Paris.", mode="generate")
+
+    assert run(scenario) == engine.score(QUESTION, "Paris.", mode="generate")
+    (body,) = vllm.bodies("/v1/completions")
+    assert body["prompt"] == engine.certainty_prompt(QUESTION, "Paris.")
+    assert "logprobs" not in body
+
+
+def test_no_digit_among_the_alternatives_is_unscored() -> None:
+    choice = {"text": "I", "logprobs": {"tokens": ["I"], "top_logprobs": [{"I": -0.1, "x": -3}]}}
+    assert certainty_from_completion(choice) == Unscored(reply="I", mode="logits")
+
+
+def test_a_reply_without_logprobs_is_a_server_failure() -> None:
+    with pytest.raises(RemoteEngineFailed, match="top_logprobs"):
+        certainty_from_completion({"text": "7", "logprobs": None})
+
+
+# ------------------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize("call", ["answer", "streamed answer", "score"])
+def test_a_hanging_server_fails_within_the_timeout(
+    vllm: VLLMStub, tiny_model_dir: Path, call: str
+) -> None:
+    async def scenario() -> float:
+        async with connected(vllm.base_url, tiny_model_dir, vllm_timeout_s=0.3) as remote:
+            on_text = (lambda _: None) if call == "streamed answer" else None
+            waiting: Coroutine[Any, Any, Any] = (
+                remote.score(QUESTION, "Paris.")
+                if call == "score"
+                else remote.generate(ChatRequest(messages=QUESTION), on_text=on_text)
+            )
+            started = time.perf_counter()
+            with pytest.raises(RemoteEngineFailed, match=r"did not answer within 0.3 s"):
+                await waiting
+            return time.perf_counter() - started
+
+    with vllm.hanging():
+        elapsed = run(scenario)
+    assert elapsed < 2.0
+
+
+def test_a_server_error_is_tried_again_once_then_is_a_502(
+    vllm: VLLMStub, tiny_model_dir: Path
+) -> None:
+    vllm.mode = "error"
+
+    async def scenario() -> None:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            with pytest.raises(RemoteEngineFailed, match="HTTP 500") as failed:
+                await remote.score(QUESTION, "Paris.")
+            assert failed.value.status_code == 502
+
+    run(scenario)
+    assert len(vllm.bodies("/v1/completions")) == 2
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_one_failed_attempt_is_tried_again(
+    vllm: VLLMStub, tiny_model_dir: Path, streamed: bool
+) -> None:
+    vllm.fail_next = 1
+    pieces: list[str] = []
+
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            on_text = pieces.append if streamed else None
+            return await remote.generate(ChatRequest(messages=QUESTION), on_text=on_text)
+
+    assert run(scenario).text
+    assert len(vllm.bodies("/v1/chat/completions")) == 2
+
+
+def test_an_unreachable_server_is_a_502_that_says_so(tiny_model_dir: Path) -> None:
+    async def scenario() -> None:
+        url = f"http://127.0.0.1:{free_port()}/v1"
+        async with connected(url, tiny_model_dir) as remote:
+            with pytest.raises(RemoteEngineFailed, match="could not be reached"):
+                await remote.generate(ChatRequest(messages=QUESTION))
+
+    run(scenario)
+
+
+def test_an_unknown_adapter_name_points_at_the_setting(
+    vllm: VLLMStub, tiny_model_dir: Path
+) -> None:
+    async def scenario() -> list[str]:
+        async with connected(
+            vllm.base_url, tiny_model_dir, vllm_adapter_model="certainty"
+        ) as remote:
+            with pytest.raises(RemoteEngineFailed, match="vllm_adapter_model"):
+                await remote.score(QUESTION, "Paris.")
+            return await remote.probe()
+
+    (problem,) = run(scenario)
+    assert "--lora-modules certainty=" in problem
+
+
+def test_probe_finds_both_models_on_a_correct_server(vllm: VLLMStub, tiny_model_dir: Path) -> None:
+    async def scenario() -> list[str]:
+        async with connected(vllm.base_url.removesuffix("/v1"), tiny_model_dir) as remote:
+            return await remote.probe()
+
+    assert run(scenario) == []
+
+
+def test_a_conversation_beyond_the_served_context_is_the_clients_error(
+    vllm: VLLMStub, tiny_model_dir: Path
+) -> None:
+    too_long = ChatRequest(messages=QUESTION, sampling=SamplingParams(max_tokens=10_000))
+
+    async def scenario() -> None:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            with pytest.raises(ContextLengthExceeded, match="maximum context length"):
+                await remote.generate(too_long)
+
+    run(scenario)
+
+
+def test_the_base_url_may_be_given_with_or_without_v1() -> None:
+    assert openai_base_url("http://vllm:8000") == "http://vllm:8000/v1"
+    assert openai_base_url("http://vllm:8000/v1/") == "http://vllm:8000/v1"
+    assert openai_base_url("https://lb.example/models/v1") == "https://lb.example/models/v1"
+
+
+# ------------------------------------------------------------------------------------- gateway
+
+
+class NoEscalation:
+    @property
+    def targets(self) -> set[str]:
+        return set()
+
+    async def complete(
+        self,
+        target: str,
+        messages: Sequence[Message],
+        documents: Sequence[Document],
+        sampling: SamplingParams,
+    ) -> EscalationReply:
+        raise AssertionError("no policy here escalates")
+
+    async def stream(
+        self,
+        target: str,
+        messages: Sequence[Message],
+        documents: Sequence[Document],
+        sampling: SamplingParams,
+    ) -> AsyncIterator[EscalationDelta]:
+        raise AssertionError("no policy here escalates")
+        yield  # an async generator
+
+
+@pytest.fixture
+def gateway(vllm: VLLMStub, tiny_model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
+    (tmp_path / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
+    settings = settings_for(vllm.base_url, tiny_model_dir, vllm_timeout_s=0.5)
+    settings = settings.model_copy(update={"policies_dir": tmp_path})
+    app = create_app(settings, escalator=NoEscalation(), watch_policies=False)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_the_gateway_answers_through_vllm_when_the_engine_kind_is_vllm(
+    gateway: TestClient, vllm: VLLMStub
+) -> None:
+    reply = gateway.post(
+        "/v1/chat/completions",
+        json={"model": "granite", "messages": [{"role": "user", "content": "Hello?"}]},
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["certainty"]["served_by"] == BASE_MODEL
+    assert len(body["certainty"]["distribution"]) == 10
+    assert [path for path, _ in vllm.requests] == ["/v1/chat/completions", "/v1/completions"]
+
+
+def test_the_gateway_answers_502_in_the_envelope_when_vllm_hangs(
+    gateway: TestClient, vllm: VLLMStub
+) -> None:
+    with vllm.hanging():
+        reply = gateway.post(
+            "/v1/chat/completions",
+            json={"model": "granite", "messages": [{"role": "user", "content": "Hello?"}]},
+        )
+    assert reply.status_code == 502
+    assert reply.json()["error"]["code"] == "engine_unavailable"
+    assert "did not answer within 0.5 s" in reply.json()["error"]["message"]
