@@ -7,6 +7,7 @@ that names the parameter; fields that would choose where the gateway sends traff
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -90,7 +91,7 @@ class ChatCompletionBody(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI's
     n: int | None = Field(default=None, ge=1)
     user: str | None = None
     stream: bool | None = False
@@ -142,7 +143,8 @@ class ChatCompletionBody(BaseModel):
                     param=f"messages[{index}].role",
                 )
             role: Literal["system", "user", "assistant"] = message.role  # type: ignore[assignment]
-            messages.append(Message(role=role, content=message.text(index)))
+            content = _unicode(message.text(index), f"messages[{index}].content")
+            messages.append(Message(role=role, content=content))
         if messages[-1].role == "assistant":
             raise InvalidRequest(
                 "the last message must be from the user or the system", param="messages"
@@ -163,6 +165,26 @@ class ChatCompletionBody(BaseModel):
         )
         return ChatRequest(
             messages=tuple(messages),
-            documents=tuple(self.documents or ()),
+            documents=tuple(
+                _unicode_document(document, index)
+                for index, document in enumerate(self.documents or ())
+            ),
             sampling=sampling,
         )
+
+
+def _unicode(text: str, param: str) -> str:
+    """`text`, unless it holds a lone surrogate (JSON's `\\ud800` escapes allow one): such text
+    cannot be encoded, so no model could read it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f"{param} is not valid Unicode text (it holds a lone surrogate)", param=param
+        ) from None
+    return text
+
+
+def _unicode_document(document: dict[str, Any], index: int) -> dict[str, Any]:
+    _unicode(json.dumps(document, ensure_ascii=False), f"documents[{index}]")
+    return document

@@ -24,6 +24,10 @@ class Message:
 Document = Mapping[str, Any]
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Generation settings; temperature 0 is greedy decoding."""
@@ -36,7 +40,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, logits divided by the temperature overflow to inf (then NaN probabilities);
+        # sampling that cold picks the most likely token anyway.
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)
