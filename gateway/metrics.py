@@ -43,6 +43,10 @@ class Metrics:
         self.cache_events = Counter(
             "gateway_cache", "Decision cache look-ups: hit, miss, error.", ["event"], registry=r
         )
+        # Bound once: `labels()` costs a lock and a dict look-up on every request.
+        self.cache_hit = self.cache_events.labels("hit")
+        self.cache_miss = self.cache_events.labels("miss")
+        self.cache_error = self.cache_events.labels("error")
         self.queue_depth = Gauge(
             "gateway_engine_queue_depth", "Jobs waiting for the local model.", registry=r
         )

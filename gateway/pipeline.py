@@ -266,15 +266,15 @@ class Pipeline:
             return None
         raw = await self.cache.get(key)
         if raw is None:
-            self.metrics.cache_events.labels("miss").inc()
+            self.metrics.cache_miss.inc()
             return None
         try:
             completion = Completion.from_json(raw)
         except (ValueError, KeyError, TypeError):
             log.warning("discarding an unreadable cache entry")
-            self.metrics.cache_events.labels("error").inc()
+            self.metrics.cache_error.inc()
             return None
-        self.metrics.cache_events.labels("hit").inc()
+        self.metrics.cache_hit.inc()
         return completion
 
     async def _store(self, key: str | None, completion: Completion) -> None:
@@ -296,9 +296,13 @@ class Pipeline:
             # A fallback after a failed escalation is served, but not remembered.
             return Uncached(raw) if completion.escalation_error else raw
 
+        # A hit is one look-up; only a miss pays for the single-flight machinery.
+        hit = await self._lookup(key)
+        if hit is not None:
+            self._observe(hit, None)
+            return hit
         # Concurrent identical misses compute once (across replicas too, with Redis).
         lookup = await self.flights.get_or_compute(key, compute, ttl_s=self.cache_ttl_s)
-        self.metrics.cache_events.labels("hit" if lookup.cached else "miss").inc()
         completion = Completion.from_json(lookup.value, cached=lookup.cached)
         if lookup.cached:
             self._observe(completion, None)
