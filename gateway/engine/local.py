@@ -131,6 +131,7 @@ class LocalEngine:
         self.pad_id: int = int(pad) if pad is not None else self.eos_id
         self.digit_ids: list[int] = self._digit_token_ids()
         self.prefix_ids: list[int] = tokenizer.encode(REPLY_PREFIX, add_special_tokens=False)
+        self._cache_mergeable: bool | None = None  # known after the first decoding step
 
     # ----------------------------------------------------------------- loading
 
@@ -276,8 +277,19 @@ class LocalEngine:
 
     @torch.inference_mode()
     def digit_distributions(self, prompts: Sequence[list[int]]) -> list[list[float]]:
-        """One forward pass: the next-token distribution over the ten digits after the prefix."""
+        """One forward pass: the next-token distribution over the ten digits after the prefix.
+
+        Prompts of very different lengths go in separate passes (`length_groups`), so that a
+        long prompt does not make every short one pay for its padding.
+        """
         rows = [list(p) + self.prefix_ids for p in prompts]
+        result: list[list[float]] = [[] for _ in rows]
+        for group in length_groups([len(r) for r in rows]):
+            for index, probs in zip(group, self._digit_pass([rows[i] for i in group]), strict=True):
+                result[index] = probs
+        return result
+
+    def _digit_pass(self, rows: list[list[int]]) -> list[list[float]]:
         input_ids, attention, positions = self._left_pad(rows)
         with self._adapters([True] * len(rows)) as extra:
             out = self.model(
@@ -364,8 +376,20 @@ class LocalEngine:
             row.generator = torch.Generator(device=self.device)
             seed = row.sampling.seed
             row.generator.manual_seed(seed if seed is not None else random.getrandbits(63))
-        input_ids, attention, positions = self._left_pad([r.prompt_ids for r in rows])
-        return self._forward(rows, input_ids, attention, positions[:, -1:], positions, None)
+        # Rows of very different lengths are prefilled apart (padding costs a whole forward
+        # pass per padded token), then decode as one batch (padding there costs only attention).
+        groups = [list(range(len(rows)))]
+        if self._cache_mergeable:
+            groups = length_groups([len(r.prompt_ids) for r in rows])
+        running: _Running | None = None
+        for group in groups:
+            chosen = [rows[i] for i in group]
+            input_ids, attention, positions = self._left_pad([r.prompt_ids for r in chosen])
+            started = self._forward(
+                chosen, input_ids, attention, positions[:, -1:], positions, None
+            )
+            running = self._merge(running, started)
+        return running
 
     def _continue(self, running: _Running) -> _Running | None:
         """One decoding step for every running row."""
@@ -400,6 +424,8 @@ class LocalEngine:
                 logits_to_keep=1,
                 **extra,
             )
+        if self._cache_mergeable is None:
+            self._cache_mergeable = _kv_layers(out.cache) is not None
         logits = out.logits[:, -1, :].float()
         keep: list[int] = []
         tokens: list[int] = []
@@ -538,6 +564,28 @@ class _AdapterSelection:
         if self._context is not None:
             self._context.__exit__(*exc)
             self._context = None
+
+
+PAD_SLACK = 1.25
+"""A prefill group's padded tokens may exceed its real tokens by at most this factor."""
+
+
+def length_groups(lengths: Sequence[int], slack: float = PAD_SLACK) -> list[list[int]]:
+    """Indices grouped for left-padded passes: by length, a new group when padding would exceed
+    `slack` times the group's real tokens. Similar lengths stay one group."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        length = lengths[index]
+        if current and (len(current) + 1) * length > slack * (real + length):
+            groups.append(current)
+            current, real = [], 0
+        current.append(index)
+        real += length
+    if current:
+        groups.append(current)
+    return groups
 
 
 @dataclass

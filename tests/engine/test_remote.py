@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -336,23 +336,30 @@ class NoEscalation:
         yield  # an async generator
 
 
-@pytest.fixture
-def gateway(vllm: VLLMStub, tiny_model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
-    (tmp_path / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
-    settings = settings_for(vllm.base_url, tiny_model_dir, vllm_timeout_s=0.5)
-    settings = settings.model_copy(update={"policies_dir": tmp_path})
+@contextmanager
+def gateway_on(
+    vllm: VLLMStub, tiny_model_dir: Path, policies: Path, timeout_s: float
+) -> Iterator[TestClient]:
+    (policies / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
+    settings = settings_for(vllm.base_url, tiny_model_dir, vllm_timeout_s=timeout_s)
+    settings = settings.model_copy(update={"policies_dir": policies})
     app = create_app(settings, escalator=NoEscalation(), watch_policies=False)
     with TestClient(app) as client:
         yield client
 
 
 def test_the_gateway_answers_through_vllm_when_the_engine_kind_is_vllm(
-    gateway: TestClient, vllm: VLLMStub
+    vllm: VLLMStub, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    reply = gateway.post(
-        "/v1/chat/completions",
-        json={"model": "granite", "messages": [{"role": "user", "content": "Hello?"}]},
-    )
+    with gateway_on(vllm, tiny_model_dir, tmp_path, timeout_s=30) as gateway:
+        reply = gateway.post(
+            "/v1/chat/completions",
+            json={
+                "model": "granite",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Hello?"}],
+            },
+        )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["certainty"]["served_by"] == BASE_MODEL
@@ -361,9 +368,9 @@ def test_the_gateway_answers_through_vllm_when_the_engine_kind_is_vllm(
 
 
 def test_the_gateway_answers_502_in_the_envelope_when_vllm_hangs(
-    gateway: TestClient, vllm: VLLMStub
+    vllm: VLLMStub, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    with vllm.hanging():
+    with gateway_on(vllm, tiny_model_dir, tmp_path, timeout_s=0.5) as gateway, vllm.hanging():
         reply = gateway.post(
             "/v1/chat/completions",
             json={"model": "granite", "messages": [{"role": "user", "content": "Hello?"}]},

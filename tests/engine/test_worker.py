@@ -13,7 +13,7 @@ import pytest
 
 from gateway.certainty import Certainty, ScoreResult
 from gateway.engine.base import ChatRequest, Generation, Message, SamplingParams
-from gateway.engine.local import LocalEngine
+from gateway.engine.local import DecodeRow, LocalEngine, length_groups
 from gateway.engine.worker import EngineWorker
 from gateway.errors import ContextLengthExceeded, EngineFailure, NotReady, Overloaded
 
@@ -262,3 +262,28 @@ def test_a_stopped_worker_refuses_new_requests(engine: LocalEngine) -> None:
             await worker.generate(ask(QUESTIONS[0]))
 
     run(scenario)
+
+
+def test_prompts_of_similar_length_share_a_pass_and_outliers_get_their_own() -> None:
+    assert length_groups([53, 58, 72, 76]) == [[0, 1, 2, 3]]
+    assert length_groups([50, 2000, 60, 55]) == [[0, 3, 2], [1]]
+    assert length_groups([]) == []
+
+
+def test_rows_of_very_different_lengths_decode_as_they_do_alone(engine: LocalEngine) -> None:
+    long_question = "Tell me about the river and the old city. " * 60
+    prompts = [
+        engine.render([{"role": "user", "content": q}])
+        for q in (QUESTIONS[0], long_question, QUESTIONS[2])
+    ]
+    assert len(length_groups([len(p) for p in prompts])) == 2
+    greedy = SamplingParams(max_tokens=8)
+    engine.decode([DecodeRow(prompts[0], greedy, adapter=False)])  # the cache layout is known
+    together = engine.decode([DecodeRow(p, greedy, adapter=i == 1) for i, p in enumerate(prompts)])
+    alone = [
+        engine.decode([DecodeRow(p, greedy, adapter=i == 1)])[0] for i, p in enumerate(prompts)
+    ]
+    assert together == alone
+    scored = engine.digit_distributions(prompts)
+    for prompt, distribution in zip(prompts, scored, strict=True):
+        assert distribution == pytest.approx(engine.digit_distributions([prompt])[0], abs=1e-5)
