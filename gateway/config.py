@@ -100,11 +100,18 @@ class LimitSettings(_Section):
     max_messages: int = Field(default=256, gt=0)
     max_tokens_cap: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
+    # Per API key id (all keyless callers share one allowance); unset: no limit.
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    # Requests a key may send at once before the per-minute pace applies; unset: a minute's worth.
+    rate_limit_burst: int | None = Field(default=None, gt=0)
 
 
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # After SIGTERM: readiness fails at once; in-flight requests get this long to finish.
+    drain_s: float = Field(default=30.0, ge=0)
+    log_format: Literal["json", "text"] = "json"
 
 
 class Settings(BaseSettings):

@@ -6,15 +6,22 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
 
 from gateway import __version__
+from gateway.api.auth import KeyRing
 from gateway.api.errors import install_error_handlers
+from gateway.api.middleware import (
+    BodyLimitMiddleware,
+    CancelOnDisconnectMiddleware,
+    RequestContextMiddleware,
+)
 from gateway.api.routes import router
-from gateway.api.state import GatewayState
+from gateway.api.state import GatewayState, StateCollector
 from gateway.cache import build_cache, build_single_flight
 from gateway.config import Settings
 from gateway.engine.local import LocalEngine
@@ -23,6 +30,7 @@ from gateway.escalation import Escalator, LiteLLMEscalator
 from gateway.metrics import Metrics
 from gateway.pipeline import AsyncEngine, Pipeline
 from gateway.policy import PolicyStore
+from gateway.ratelimit import build_rate_limiter
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +48,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             state = await _build_state(settings, engine, escalator, stack)
+            _guard(state, settings, stack)
             app.state.gateway = state
+            _drain_on_sigterm(app, state, settings.server.drain_s)
             if watch_policies:
                 stop = asyncio.Event()
                 watcher = asyncio.create_task(state.policies.watch(stop))
@@ -63,7 +73,73 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
+    # Outermost last: request id and metrics, then the body limit, then cancel-on-disconnect.
+    app.add_middleware(CancelOnDisconnectMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _guard(state: GatewayState, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
+    """API keys, rate limits and the state gauges, on a state `_build_state` made."""
+    state.keys = KeyRing.from_settings(settings.auth)
+    state.rate_limiter = build_rate_limiter(settings.limits, settings.cache)
+    if state.rate_limiter is not None:
+        stack.push_async_callback(state.rate_limiter.close)
+    state.metrics.registry.register(StateCollector(state))
+    if state.keys.enabled:
+        log.info("API keys required", extra={"keys": len(state.keys), "key_ids": state.keys.ids})
+    else:
+        log.warning("no API keys configured: /v1 is open to anyone who can reach it")
+
+
+def _drain_on_sigterm(app: FastAPI, state: GatewayState, drain_s: float) -> None:
+    """SIGTERM: readiness fails at once; in-flight requests get `drain_s` to finish (new ones are
+    still served meanwhile); then the server is asked to stop: `app.state.stop_serving()` when
+    the `serve` command set it, else the server's own SIGTERM handler. A second SIGTERM stops at
+    once."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only (TestClient runs the app in another)
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    draining: set[asyncio.Task[None]] = set()
+
+    def stop() -> None:
+        stop_serving: Callable[[], None] | None = getattr(app.state, "stop_serving", None)
+        if stop_serving is not None:
+            stop_serving()
+        elif callable(previous):
+            previous(signal.SIGTERM, None)
+        else:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+
+    def on_sigterm() -> None:
+        if state.draining:
+            stop()
+            return
+        state.begin_drain()
+        log.warning(
+            "SIGTERM: not ready any more, draining in-flight requests",
+            extra={"inflight": state.inflight, "drain_s": drain_s},
+        )
+        task = loop.create_task(_drain(state, drain_s, stop))
+        draining.add(task)
+        task.add_done_callback(draining.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+
+async def _drain(state: GatewayState, drain_s: float, stop: Callable[[], None]) -> None:
+    if await state.wait_idle(drain_s):
+        log.info("drained: no request in flight; stopping")
+    else:
+        log.warning(
+            "drain time is over; stopping with requests in flight",
+            extra={"inflight": state.inflight, "drain_s": drain_s},
+        )
+    stop()
 
 
 async def _build_state(

@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.api.auth import KeyRing
 
 log = logging.getLogger(__name__)
+
+STARTUP_FAILURE = 3  # uvicorn's exit code when the server could not start
+CLOSE_GRACE_S = 5  # after draining: how long uvicorn waits for connections still open
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.api.auth import KeyRing, read_keys
     from gateway.engine.factory import engine_from_settings
+    from gateway.logs import configure_logging
     from gateway.policy import load_policies
 
     config = Path(args.config) if args.config else None
+    # Before anything slow (the demo's model build): the log format, then the address rule.
+    given = _with_address(load_settings(config), args.host, args.port)
+    keys = read_keys(given.auth)
+    configure_logging(
+        fmt=given.server.log_format,
+        level=logging.getLogger().level,
+        secrets=_secrets(given, [entry.key for entry in keys]),
+    )
+    _check_exposure(given, KeyRing.from_entries(keys), insecure=args.insecure_no_auth)
     if args.demo:
         from gateway.demo import prepare_demo
 
         settings = prepare_demo(config, host=args.host, port=args.port)
+        if keys and not settings.auth.api_keys:  # keys from a file only: the demo's own calls
+            settings = _demo_escalation_key(settings, keys[0].key)  # need one of them too
     else:
         settings = load_settings(config)
     settings = _with_address(settings, args.host, args.port)
@@ -30,15 +55,82 @@ def _serve(args: argparse.Namespace) -> int:
     load_policies(settings.policies_dir)
     engine = engine_from_settings(settings.model) if settings.engine.kind == "local" else None
     app = create_app(settings, engine=engine)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level="info",
-        access_log=False,
-        timeout_graceful_shutdown=30,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            log_level="info",
+            log_config=None,  # uvicorn's loggers propagate to our JSON handler
+            access_log=False,  # the request middleware logs each request, with its id
+            # SIGTERM drains first (see `gateway.api.app`); this bounds what is left after it,
+            # and a Ctrl-C.
+            timeout_graceful_shutdown=min(math.ceil(settings.server.drain_s), CLOSE_GRACE_S),
+        )
     )
-    return 0
+
+    def stop_serving() -> None:
+        server.should_exit = True
+
+    app.state.stop_serving = stop_serving
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def _demo_escalation_key(settings: Settings, key: str) -> Settings:
+    """The demo escalates to this gateway itself, with its placeholder key unless keys are set
+    in the settings; with keys from a file only, it uses the file's first key instead."""
+    from gateway.demo import ESCALATION_KEY
+
+    model_list = []
+    for model in settings.escalation.model_list:
+        params = dict(model.get("litellm_params") or {})
+        if params.get("api_key") == ESCALATION_KEY:
+            params["api_key"] = key
+        model_list.append({**model, "litellm_params": params})
+    escalation = settings.escalation.model_copy(update={"model_list": model_list})
+    return settings.model_copy(update={"escalation": escalation})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(settings: Settings, keys: KeyRing, *, insecure: bool) -> None:
+    """Without API keys, only a loopback address, unless the operator says otherwise."""
+    host = settings.server.host
+    if keys.enabled or _is_loopback(host):
+        return
+    if not insecure:
+        raise ConfigError(
+            f"no API keys are configured (auth.api_keys, GATEWAY_AUTH__API_KEYS or "
+            f"auth.api_keys_file), so the gateway will not listen on {host}, which is not a "
+            "loopback address: configure keys, bind 127.0.0.1, or pass --insecure-no-auth"
+        )
+    log.warning(
+        "--insecure-no-auth: serving without API keys on a non-loopback address",
+        extra={"host": host},
+    )
+
+
+def _secrets(settings: Settings, keys: list[str]) -> Iterator[str]:
+    """What the log lines must never show: API keys, escalation credentials, the Redis password."""
+    yield from keys
+    for model in settings.escalation.model_list:
+        params = model.get("litellm_params") or {}
+        for name in ("api_key", "aws_secret_access_key", "vertex_credentials"):
+            value = params.get(name)
+            if isinstance(value, str) and not value.startswith("os.environ/"):
+                yield value
+    if settings.cache.url:
+        password = urlsplit(settings.cache.url).password
+        if password:
+            yield unquote(password)
 
 
 def _with_address(settings: Settings, host: str | None, port: int | None) -> Settings:
@@ -99,6 +191,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--demo",
         action="store_true",
         help="offline demo: miniature models with random weights (answers are noise)",
+    )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback address without API keys (anyone who reaches it may use it)",
     )
     serve.set_defaults(run=_serve)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -10,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from gateway.api.auth import require_api_key
 from gateway.api.schemas import ChatCompletionBody
 from gateway.api.state import GatewayState
 from gateway.api.wire import (
@@ -19,11 +21,12 @@ from gateway.api.wire import (
     completion_id,
     decision_headers,
 )
-from gateway.errors import GatewayError
-from gateway.pipeline import CompletionInput, Decided, Final, StreamEvent, TextDelta
+from gateway.errors import GatewayError, InvalidRequest, RateLimited
+from gateway.pipeline import Completion, CompletionInput, Decided, Final, StreamEvent, TextDelta
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+"""Every route; the `/v1` ones (`api`, included at the end) behind the API key and rate limit."""
 
 
 def get_state(request: Request) -> GatewayState:
@@ -39,13 +42,30 @@ def tenant_of(request: Request) -> str | None:
     return tenant
 
 
-@router.post("/v1/chat/completions", response_model=None)
+async def limit_rate(request: Request, state: State) -> None:
+    """429 with Retry-After once the caller's key has used its `limits.requests_per_minute`."""
+    limiter = state.rate_limiter
+    if limiter is None:
+        return
+    wait = await limiter.acquire(tenant_of(request) or "anonymous")
+    if wait > 0:
+        raise RateLimited(
+            f"rate limit reached: {state.settings.limits.requests_per_minute} requests per minute "
+            f"for this API key; retry in {wait:.1f} s",
+            retry_after=math.ceil(wait),
+        )
+
+
+api = APIRouter(dependencies=[Depends(require_api_key), Depends(limit_rate)])
+
+
+@api.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionBody, request: Request, state: State) -> Response:
     """Answer a chat conversation; `model` names the policy."""
+    request.state.policy = body.model  # for the request metrics, once the body is valid
+    state.authorize_policy(request, body.model)
     limits = state.settings.limits
     if len(body.messages) > limits.max_messages:
-        from gateway.errors import InvalidRequest
-
         raise InvalidRequest(
             f"{len(body.messages)} messages; this gateway accepts at most {limits.max_messages}",
             param="messages",
@@ -53,7 +73,6 @@ async def chat_completions(body: ChatCompletionBody, request: Request, state: St
     chat = body.to_request(
         default_max_tokens=limits.default_max_tokens, max_tokens_cap=limits.max_tokens_cap
     )
-    state.authorize_policy(request, body.model)
     inp = CompletionInput(policy=body.model, request=chat, tenant=tenant_of(request))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -61,6 +80,7 @@ async def chat_completions(body: ChatCompletionBody, request: Request, state: St
     started = time.perf_counter()
     completion = await state.pipeline.complete(inp)
     state.metrics.stage_latency.labels("total").observe(time.perf_counter() - started)
+    _log_content(state, inp, completion)
     body_json = completion_body(completion, request_id=completion_id(), created=int(time.time()))
     return JSONResponse(body_json, headers=completion_headers(completion))
 
@@ -90,6 +110,7 @@ async def _stream(state: GatewayState, inp: CompletionInput, include_usage: bool
                     state.metrics.stage_latency.labels("total").observe(
                         time.perf_counter() - started
                     )
+                    _log_content(state, inp, event.completion)
         except GatewayError as exc:
             log.warning("stream ended by an error", extra={"error": exc.message})
             yield writer.error(exc.message, exc.error_type, exc.code)
@@ -104,6 +125,20 @@ async def _stream(state: GatewayState, inp: CompletionInput, include_usage: bool
     )
 
 
+def _log_content(state: GatewayState, inp: CompletionInput, completion: Completion) -> None:
+    """The conversation and the answer, only when the operator set `log_content: true`."""
+    if state.settings.log_content:
+        log.info(
+            "chat content",
+            extra={
+                "policy": inp.policy,
+                "messages": inp.request.message_dicts(),
+                "answer": completion.text,
+                "action": completion.action.value,
+            },
+        )
+
+
 async def _chain(
     first: list[StreamEvent], rest: AsyncIterator[StreamEvent]
 ) -> AsyncIterator[StreamEvent]:
@@ -113,10 +148,11 @@ async def _chain(
         yield event
 
 
-@router.get("/v1/models")
-async def list_models(state: State) -> dict[str, Any]:
-    """One entry per policy."""
+@api.get("/v1/models")
+async def list_models(request: Request, state: State) -> dict[str, Any]:
+    """One entry per policy (the ones the caller's API key may use)."""
     created = int(state.started_at)
+    allowed: frozenset[str] | None = getattr(request.state, "allowed_policies", None)
     return {
         "object": "list",
         "data": [
@@ -128,6 +164,7 @@ async def list_models(state: State) -> dict[str, Any]:
                 "description": policy.description,
             }
             for name, policy in sorted(state.policies.current.policies.items())
+            if allowed is None or name in allowed
         ],
     }
 
@@ -150,3 +187,6 @@ async def metrics(state: State) -> Response:
     """Prometheus metrics."""
     state.metrics.queue_depth.set(state.queue_depth())
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+router.include_router(api)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from gateway.api.auth import KeyRing
 from gateway.cache.base import DecisionCache
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyStore
+from gateway.ratelimit import RateLimiter
 
 
 @dataclass
@@ -26,6 +32,21 @@ class GatewayState:
     draining: bool = False
     started_at: float = field(default_factory=time.time)
     queue_depth_source: Any = None
+    keys: KeyRing = field(default_factory=KeyRing)
+    rate_limiter: RateLimiter | None = None
+    inflight: int = 0
+    """API requests being handled (health and metrics excluded); kept by the request middleware."""
+
+    def begin_drain(self) -> None:
+        """Readiness fails from now on; requests keep being served while they drain."""
+        self.draining = True
+
+    async def wait_idle(self, timeout_s: float, *, poll_s: float = 0.05) -> bool:
+        """Wait until no API request is in flight, at most `timeout_s`; True if none is."""
+        deadline = time.monotonic() + timeout_s
+        while self.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(poll_s)
+        return self.inflight == 0
 
     def queue_depth(self) -> int:
         source = self.queue_depth_source
@@ -51,6 +72,38 @@ class GatewayState:
             },
             "cache": {"state": cache.state, "reason": cache.reason},
         }
+        if self.rate_limiter is not None:
+            limiter = self.rate_limiter.status
+            report["rate_limit"] = {"state": limiter.state, "reason": limiter.reason}
         if self.draining:
             report["draining"] = True
         return report
+
+
+class StateCollector(Collector):
+    """Gauges read from the state at scrape time: degraded stores, in-flight requests, draining."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self._state
+        yield GaugeMetricFamily(
+            "gateway_cache_degraded",
+            "1 while the decision cache is unusable (it fails open: every look-up is a miss).",
+            value=0 if state.cache.status.ok else 1,
+        )
+        if state.rate_limiter is not None:
+            yield GaugeMetricFamily(
+                "gateway_rate_limit_degraded",
+                "1 while the shared rate-limit store is unusable (each replica limits alone).",
+                value=0 if state.rate_limiter.status.ok else 1,
+            )
+        yield GaugeMetricFamily(
+            "gateway_inflight_requests", "API requests being handled.", value=state.inflight
+        )
+        yield GaugeMetricFamily(
+            "gateway_draining",
+            "1 after SIGTERM, while in-flight requests finish.",
+            value=1 if state.draining else 0,
+        )

@@ -1,0 +1,195 @@
+"""Per-key rate limits: `limits.requests_per_minute` for each API key id, with a burst allowance.
+
+The algorithm is GCRA (a token bucket kept as one timestamp per key): each request moves the
+key's "theoretical arrival time" on by 60 / requests_per_minute seconds; a request is refused when
+that time is more than the burst ahead of now, and the refusal says how long until it would pass.
+A key may send `burst` requests at once (default: a minute's worth), then one per interval.
+
+In process by default. With `cache.url` set, the timestamps live in Redis (one atomic script per
+request, Redis's own clock), so replicas share each key's allowance. Like the cache, Redis fails
+open: every call has a time limit, a circuit breaker stops calling a failing Redis for a while,
+and meanwhile each replica limits on its own (per-replica allowance, never a refused request
+because Redis is down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from gateway.cache.base import CacheStatus
+from gateway.cache.breaker import CircuitBreaker
+from gateway.config import CacheSettings, LimitSettings
+from gateway.errors import ConfigError
+
+_OK = CacheStatus("ok")
+
+
+class RateLimiter(Protocol):
+    """`acquire(key)` admits one request of `key`: 0.0, or the seconds to wait before retrying."""
+
+    @property
+    def status(self) -> CacheStatus: ...
+
+    async def acquire(self, key: str) -> float: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalRateLimiter:
+    """GCRA in process; `clock` is monotonic seconds (a fake one in tests)."""
+
+    def __init__(
+        self,
+        requests_per_minute: int,
+        burst: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = 60.0 / requests_per_minute
+        self.tolerance = self.interval * ((burst or requests_per_minute) - 1)
+        self._clock = clock
+        self._arrivals: dict[str, float] = {}
+        self._next_sweep = 0.0
+
+    @property
+    def status(self) -> CacheStatus:
+        return _OK
+
+    async def acquire(self, key: str) -> float:
+        return self.acquire_now(key)
+
+    def acquire_now(self, key: str) -> float:
+        now = self._clock()
+        arrival = max(self._arrivals.get(key, now), now)
+        wait = arrival - self.tolerance - now
+        if wait > 0:
+            return wait
+        self._arrivals[key] = arrival + self.interval
+        if now >= self._next_sweep:
+            self._sweep(now)
+        return 0.0
+
+    def _sweep(self, now: float) -> None:
+        """Forget keys whose allowance is full again: memory stays bounded by active keys."""
+        self._arrivals = {k: t for k, t in self._arrivals.items() if t > now}
+        self._next_sweep = now + 60.0
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS[1]: the key's timestamp; ARGV: interval, tolerance (seconds). Returns the wait, as text
+# (a Lua number would be truncated to an integer on the way back).
+_GCRA = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local arrival = tonumber(redis.call('GET', KEYS[1]) or now)
+if arrival < now then arrival = now end
+local wait = arrival - tolerance - now
+if wait > 0 then return tostring(wait) end
+local after = arrival + interval
+redis.call('SET', KEYS[1], tostring(after), 'PX', math.ceil((after - now) * 1000) + 1)
+return '0'
+"""
+
+
+class RedisRateLimiter:
+    """GCRA in Redis, shared by replicas; falls back to `fallback` while Redis is unusable."""
+
+    def __init__(
+        self,
+        client: Redis,
+        fallback: LocalRateLimiter,
+        *,
+        timeout_s: float,
+        key_prefix: str,
+        where: str,
+        failure_threshold: int = 5,
+        cooldown_s: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._script = client.register_script(_GCRA)
+        self._fallback = fallback
+        self._timeout_s = timeout_s
+        self._prefix = key_prefix + "ratelimit:"
+        self._where = where
+        self._args = (repr(fallback.interval), repr(fallback.tolerance))
+        self._breaker = CircuitBreaker(
+            f"redis rate limiter at {where}",
+            failure_threshold=failure_threshold,
+            cooldown_s=cooldown_s,
+        )
+
+    @classmethod
+    def from_url(
+        cls, url: str, fallback: LocalRateLimiter, *, timeout_s: float, key_prefix: str
+    ) -> RedisRateLimiter:
+        try:
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=8,
+                timeout=timeout_s,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                lib_name=None,
+                lib_version=None,
+            )
+        except ValueError as exc:  # redis-py's messages name the bad part, never the password
+            raise ConfigError(f"cache.url (or GATEWAY_CACHE__URL): {exc}") from exc
+        parts = urlsplit(url)
+        where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+        return cls(
+            Redis.from_pool(pool),
+            fallback,
+            timeout_s=timeout_s,
+            key_prefix=key_prefix,
+            where=f"{parts.scheme}://{where}",
+        )
+
+    @property
+    def status(self) -> CacheStatus:
+        if self._breaker.state == "closed":
+            return _OK
+        return CacheStatus("degraded", f"{self._where}: {self._breaker.last_failure}")
+
+    async def acquire(self, key: str) -> float:
+        if not self._breaker.allow():
+            return self._fallback.acquire_now(key)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                wait = await self._script(keys=[self._prefix + key], args=self._args)
+        except asyncio.CancelledError:
+            self._breaker.abandon()
+            raise
+        except Exception as exc:  # fail open: limit in this process instead
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+            self._breaker.record_failure(reason)
+            return self._fallback.acquire_now(key)
+        self._breaker.record_success()
+        return float(wait)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def build_rate_limiter(limits: LimitSettings, cache: CacheSettings) -> RateLimiter | None:
+    """None when `limits.requests_per_minute` is unset; Redis-backed when `cache.url` is set."""
+    if limits.requests_per_minute is None:
+        return None
+    local = LocalRateLimiter(limits.requests_per_minute, limits.rate_limit_burst)
+    if cache.url is None:
+        return local
+    return RedisRateLimiter.from_url(
+        cache.url, local, timeout_s=cache.timeout_s, key_prefix=cache.key_prefix
+    )

@@ -1,0 +1,209 @@
+"""SIGTERM under load, on a real `certainty-gateway serve` process: readiness fails at once, the
+requests in flight (and one that arrives meanwhile) all finish with 200, no connection is reset,
+the process exits 0, and its JSON log lines hold neither the API key nor the prompt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.e2e.upstream import ANSWER, _completion
+
+KEY = "sk-test-shutdown-0123456789"
+PROMPT = "Which river flows through the town of Zyxwvut?"  # must never reach the log
+IN_FLIGHT = 6
+
+
+class GatedUpstream:
+    """An OpenAI-compatible upstream that holds every request until `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.waiting = 0
+        lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+                with lock:
+                    upstream.waiting += 1
+                upstream.release.wait(timeout=60)
+                data = json.dumps(_completion(str(body.get("model")))).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> GatedUpstream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def upstream() -> Iterator[GatedUpstream]:
+    with GatedUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(
+    tiny_model_dir: Path, upstream: GatedUpstream, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "slowcase.yaml").write_text(
+        "name: slowcase\nreturn_at: 1.0\nescalate_at: 0.0\nescalate_to: large\n"
+    )
+    config = {
+        "model": {
+            "base": str(tiny_model_dir / "base"),
+            "adapter": str(tiny_model_dir / "adapter"),
+            "adapter_subfolder": None,
+            "device": "cpu",
+            "dtype": "float32",
+        },
+        "policies_dir": str(policies),
+        "auth": {"api_keys": [KEY]},
+        "server": {"drain_s": 30},
+        "escalation": {
+            "timeout_s": 60,
+            "num_retries": 0,
+            "model_list": [
+                {
+                    "model_name": "large",
+                    "litellm_params": {
+                        "model": "openai/x",
+                        "api_base": upstream.base_url,
+                        "api_key": "upstream-secret-4242",
+                    },
+                }
+            ],
+        },
+    }
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    command = [sys.executable, "-m", "gateway", "serve", "--config", str(config_file)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "not ready in time:\n" + log.read_text()
+            try:
+                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield process, url, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _ask(url: str, seed: int) -> httpx.Response:
+    payload = {
+        "model": "slowcase",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 4,
+        "seed": seed,
+    }
+    with httpx.Client(timeout=60) as client:  # its own connection
+        return client.post(
+            url + "/v1/chat/completions",
+            json=payload,
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(
+    gateway: tuple[subprocess.Popen[bytes], str, Path], upstream: GatedUpstream
+) -> None:
+    process, url, log = gateway
+    with ThreadPoolExecutor(IN_FLIGHT + 1) as pool:
+        answers = [pool.submit(_ask, url, seed) for seed in range(IN_FLIGHT)]
+        deadline = time.monotonic() + 60
+        while upstream.waiting < IN_FLIGHT:  # every request is in flight, held upstream
+            assert time.monotonic() < deadline, "the requests did not reach the upstream"
+            time.sleep(0.05)
+
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while (ready := httpx.get(url + "/health/ready", timeout=5)).status_code != 503:
+            assert time.monotonic() < deadline, "readiness did not turn 503"
+            time.sleep(0.02)
+        assert ready.json()["draining"] is True
+        assert httpx.get(url + "/health/live", timeout=5).status_code == 200
+        late = pool.submit(_ask, url, IN_FLIGHT)  # arrives while draining: still served
+        time.sleep(0.5)
+        assert process.poll() is None  # waiting for the requests, not gone
+        upstream.release.set()
+        responses = [future.result() for future in [*answers, late]]
+
+    assert [r.status_code for r in responses] == [200] * (IN_FLIGHT + 1)
+    for response in responses:
+        body = response.json()
+        assert body["choices"][0]["message"]["content"] == ANSWER
+        assert body["certainty"]["action"] == "escalate"
+        assert response.headers["connection"] == "close"
+        assert response.headers["x-request-id"]
+    assert process.wait(timeout=30) == 0
+
+    text = log.read_text()
+    assert "draining" in text
+    for secret in (KEY, "upstream-secret-4242", PROMPT):
+        assert secret not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # all JSON
+    served = [line for line in lines if line.get("path") == "/v1/chat/completions"]
+    assert [line["status"] for line in served] == [200] * (IN_FLIGHT + 1)
+    assert all(line["request_id"] and line["key_id"].startswith("key-") for line in served)
