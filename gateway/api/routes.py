@@ -29,7 +29,8 @@ router = APIRouter()
 """Every route; the `/v1` ones (`api`, included at the end) behind the API key and rate limit."""
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
+    # async: a sync dependency would cost a thread-pool hop on every request
     state: GatewayState = request.app.state.gateway
     return state
 
