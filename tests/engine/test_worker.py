@@ -271,7 +271,7 @@ def test_prompts_of_similar_length_share_a_pass_and_outliers_get_their_own() -> 
 
 
 def test_rows_of_very_different_lengths_decode_as_they_do_alone(engine: LocalEngine) -> None:
-    long_question = "Tell me about the river and the old city. " * 60
+    long_question = "Tell me about the river and the old city. " * 15
     prompts = [
         engine.render([{"role": "user", "content": q}])
         for q in (QUESTIONS[0], long_question, QUESTIONS[2])
