@@ -71,40 +71,20 @@ ANSWER_SENTENCES = [
 def build_model_folder(out: Path, *, layers: int, seed: int) -> None:
     """Write `out/base/` (model + tokenizer) and `out/adapter/` (r=32 LoRA, non-zero B)."""
     import torch
-    from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+    from transformers import GraniteMoeHybridForCausalLM
 
-    from gateway.engine.tiny import build_adapter, build_tokenizer
+    from gateway.engine.tiny import build_adapter, build_tokenizer, granite_config
 
     tokenizer = build_tokenizer(seed)
     torch.manual_seed(seed)
-    config = GraniteMoeHybridConfig(
+    config = granite_config(
+        tokenizer,
         vocab_size=VOCAB,
         hidden_size=HIDDEN,
         intermediate_size=INTERMEDIATE,
-        shared_intermediate_size=INTERMEDIATE,
-        num_hidden_layers=layers,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        layer_types=["full_attention"] * layers,
-        num_local_experts=0,
-        position_embedding_type="rope",
-        rope_parameters={"rope_theta": 10_000_000.0, "rope_type": "default"},
-        # Validated even though no layer is a Mamba layer: 2 * 2560 = 128 heads * 40.
-        mamba_n_heads=128,
-        mamba_d_head=40,
-        mamba_expand=2,
-        mamba_d_state=256,
-        mamba_n_groups=1,
-        embedding_multiplier=12.0,
-        attention_multiplier=0.015625,
-        residual_multiplier=0.22,
-        logits_scaling=10.0,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=131072,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        layers=layers,
+        heads=HEADS,
+        kv_heads=KV_HEADS,
     )
     model = GraniteMoeHybridForCausalLM(config)
     # Saved in bf16 like the real checkpoint: loading converts it to the run's dtype (float32

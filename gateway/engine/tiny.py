@@ -202,40 +202,70 @@ def build_tokenizer(seed: int = 0) -> Any:
     return fast
 
 
-def build_base_model(tokenizer: Any, seed: int = 0, hidden_size: int = TINY_HIDDEN) -> Any:
-    """The real Granite 4.0 Micro class at a tiny size: attention-only, rope, no experts."""
-    from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+def granite_config(
+    tokenizer: Any,
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    logits_scaling: float = 10.0,
+    max_positions: int = 131072,
+) -> Any:
+    """A `GraniteMoeHybridConfig` shaped like Granite 4.0 Micro (granite.md) at any size:
+    every layer attention, rope, no experts, the real multipliers."""
+    from transformers import GraniteMoeHybridConfig
 
-    torch.manual_seed(seed)
-    config = GraniteMoeHybridConfig(
-        vocab_size=len(tokenizer),
+    return GraniteMoeHybridConfig(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=128,
-        shared_intermediate_size=128,
-        num_hidden_layers=TINY_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        layer_types=["full_attention"] * TINY_LAYERS,
+        intermediate_size=intermediate_size,
+        shared_intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        layer_types=["full_attention"] * layers,
         num_local_experts=0,
         position_embedding_type="rope",
         rope_parameters={"rope_theta": 10_000_000.0, "rope_type": "default"},
-        mamba_n_heads=4,
-        mamba_d_head=2 * hidden_size // 4,
+        # Validated although no layer is a Mamba layer: d_head * n_heads == expand * hidden.
+        mamba_n_heads=heads,
+        mamba_d_head=2 * hidden_size // heads,
         mamba_expand=2,
         mamba_d_state=16,
         mamba_n_groups=1,
         embedding_multiplier=12.0,
         attention_multiplier=0.015625,
         residual_multiplier=0.22,
-        # The real model divides logits by 10; at width 64 that caps every logit near 1 and the
-        # miniature could never be taught a sharp reply, so it divides by 1.
-        logits_scaling=1.0,
+        logits_scaling=logits_scaling,
         rms_norm_eps=1e-5,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+    )
+
+
+def build_base_model(tokenizer: Any, seed: int = 0, hidden_size: int = TINY_HIDDEN) -> Any:
+    """The real Granite 4.0 Micro class at a tiny size: attention-only, rope, no experts."""
+    from transformers import GraniteMoeHybridForCausalLM
+
+    torch.manual_seed(seed)
+    config = granite_config(
+        tokenizer,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=128,
+        layers=TINY_LAYERS,
+        heads=4,
+        kv_heads=2,
+        # The real model divides logits by 10; at width 64 that caps every logit near 1 and the
+        # miniature could never be taught a sharp reply, so it divides by 1.
+        logits_scaling=1.0,
+        max_positions=4096,
     )
     model = GraniteMoeHybridForCausalLM(config)
     # Wide embedding rows (the head is tied to them) let training reach peaked distributions.
