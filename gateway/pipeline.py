@@ -296,13 +296,9 @@ class Pipeline:
             # A fallback after a failed escalation is served, but not remembered.
             return Uncached(raw) if completion.escalation_error else raw
 
-        # A hit is one look-up; only a miss pays for the single-flight machinery.
-        hit = await self._lookup(key)
-        if hit is not None:
-            self._observe(hit, None)
-            return hit
         # Concurrent identical misses compute once (across replicas too, with Redis).
         lookup = await self.flights.get_or_compute(key, compute, ttl_s=self.cache_ttl_s)
+        (self.metrics.cache_hit if lookup.cached else self.metrics.cache_miss).inc()
         completion = Completion.from_json(lookup.value, cached=lookup.cached)
         if lookup.cached:
             self._observe(completion, None)

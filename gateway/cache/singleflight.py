@@ -74,6 +74,12 @@ class SingleFlight:
         """The cached value for `key`, or the value of one shared call of `compute`."""
         task = self._flights.get(key)
         if task is None:
+            # A hit is one look-up: no task, no lock.
+            value = await self._cache.get(key)
+            if value is not None:
+                return Lookup(value, cached=True)
+            task = self._flights.get(key)  # another caller may have taken off meanwhile
+        if task is None:
             task = asyncio.create_task(self._fly(key, compute, ttl_s or self._ttl_s))
             self._flights[key] = task
             task.add_done_callback(lambda done: self._land(key, done))
@@ -86,9 +92,7 @@ class SingleFlight:
             task.exception()  # retrieved here, so a flight nobody awaits any more logs nothing
 
     async def _fly(self, key: str, compute: Compute, ttl_s: int) -> Lookup:
-        value = await self._cache.get(key)
-        if value is not None:
-            return Lookup(value, cached=True)
+        """A miss (the caller just looked): lock across replicas if we can, then compute."""
         if self._lock is None:
             return await self._compute(key, compute, ttl_s)
         token = await self._lock.acquire_lock(key, self._lock_ttl_ms)
