@@ -12,9 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.routing import BaseRoute
 
 from gateway import __version__
 from gateway.api.auth import KeyRing
+from gateway.api.chat import DOCUMENTED_ROUTE, ChatRoute
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import (
     BodyLimitMiddleware,
@@ -78,11 +81,30 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
-    # Outermost last: request id and metrics, then the body limit, then cancel-on-disconnect.
+    _document(app, DOCUMENTED_ROUTE)
+    # Outermost last: request id and metrics, the body limit, cancel-on-disconnect, then the chat
+    # route, served ahead of FastAPI's router (see `gateway.api.chat`).
+    app.add_middleware(ChatRoute)
     app.add_middleware(CancelOnDisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _document(app: FastAPI, *routes: BaseRoute) -> None:
+    """Adds `routes`, served outside FastAPI's router, to the app's OpenAPI document."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*app.routes, *routes],
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _guard(state: GatewayState, settings: Settings, stack: contextlib.AsyncExitStack) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.config import AuthSettings
-from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied
+from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied, RateLimited
 
 if TYPE_CHECKING:
     from gateway.api.state import GatewayState
@@ -214,26 +215,41 @@ def _check_key(key: str, where: str) -> None:
         )
 
 
-# ------------------------------------------------------------------------- FastAPI dependency
+# --------------------------------------------------------------------- admission of a request
+
+
+async def admit(state: GatewayState, request: Request) -> None:
+    """The API key (401 unless a configured one is presented, when any is configured; sets the
+    tenant and the key's policy list on `request.state`), then the key's rate limit (429)."""
+    if state.keys.enabled:
+        key = state.keys.authenticate(request.headers.getlist("authorization"))
+        scope_state: Any = request.state
+        scope_state.tenant = key.id
+        if key.policies is not None:
+            scope_state.authorize_policy = key.authorize_policy
+            scope_state.allowed_policies = key.policies
+    limiter = state.rate_limiter
+    if limiter is None:
+        return
+    wait = await limiter.acquire(getattr(request.state, "tenant", None) or "anonymous")
+    if wait > 0:
+        raise RateLimited(
+            f"rate limit reached: {state.settings.limits.requests_per_minute} requests per minute "
+            f"for this API key; retry in {wait:.1f} s",
+            retry_after=math.ceil(wait),
+        )
+
 
 bearer = HTTPBearer(
     auto_error=False,
     description="An API key of this gateway, when it has any (`auth.api_keys`).",
 )
-"""Declares the scheme in the OpenAPI document; the header is checked by `require_api_key`."""
+"""Declares the scheme in the OpenAPI document; the header is checked by `admit`."""
 
 
 async def require_api_key(
     request: Request,
     _documented: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> None:
-    """401 unless a configured key is presented (when any is configured); sets the tenant."""
-    state: GatewayState = request.app.state.gateway
-    if not state.keys.enabled:
-        return
-    key = state.keys.authenticate(request.headers.getlist("authorization"))
-    scope_state: Any = request.state
-    scope_state.tenant = key.id
-    if key.policies is not None:
-        scope_state.authorize_policy = key.authorize_policy
-        scope_state.allowed_policies = key.policies
+    """`admit` as a FastAPI dependency (the `/v1` routes other than chat completions)."""
+    await admit(request.app.state.gateway, request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import GatewayError, Overloaded, RateLimited
+from gateway.errors import AuthenticationFailed, GatewayError, Overloaded, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ def error_response(exc: GatewayError) -> JSONResponse:
     headers = {}
     if isinstance(exc, RateLimited | Overloaded):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    elif isinstance(exc, AuthenticationFailed):
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names the scheme it wants
     return JSONResponse(
         envelope(exc.message, exc.error_type, param=exc.param, code=exc.code),
         status_code=exc.status_code,
@@ -42,6 +45,11 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GatewayError)
+    return failed_response(exc)
+
+
+def failed_response(exc: GatewayError) -> JSONResponse:
+    """`error_response` for a request the gateway failed, logged when the fault is ours (5xx)."""
     if exc.status_code >= 500:
         log.warning("request failed", extra={"status": exc.status_code, "error": exc.message})
     return error_response(exc)
@@ -49,7 +57,11 @@ async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+    return validation_error_response(exc.errors())
+
+
+def validation_error_response(errors: Sequence[Any]) -> JSONResponse:
+    """The 400 for a body that fails its schema: the first error, its parameter named."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = _location(tuple(first.get("loc", ()))) or None
     if first.get("type") == "json_invalid":
@@ -67,6 +79,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    return http_error_response(exc)
+
+
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    """The envelope for Starlette's own errors (an unknown path, a wrong method)."""
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     return JSONResponse(

@@ -71,6 +71,7 @@ def test_bad_credentials_get_401_before_any_model_call(
     payload = {"model": "ask-large", "messages": QUESTION, "max_tokens": 4}
     response = keyed.post("/v1/chat/completions", json=payload, headers=headers)
     assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
     error = response.json()["error"]
     assert error["type"] == "authentication_error"
     assert error["code"] == "invalid_api_key"

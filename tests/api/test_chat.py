@@ -266,6 +266,33 @@ def test_unknown_route_is_a_404_envelope(client: TestClient) -> None:
     assert "error" in response.json()
 
 
+def test_another_method_on_the_chat_path_is_a_405_naming_post(client: TestClient) -> None:
+    response = client.get("/v1/chat/completions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'"text"', b"", b"null"])
+def test_a_body_that_is_not_a_json_object_is_a_400(client: TestClient, raw: bytes) -> None:
+    response = client.post(
+        "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_the_openapi_document_describes_the_chat_route(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    operation = document["paths"]["/v1/chat/completions"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/ChatCompletionBody"}
+    assert {"model", "messages"} <= set(
+        document["components"]["schemas"]["ChatCompletionBody"]["required"]
+    )
+    assert operation["security"] == [{"HTTPBearer": []}]
+
+
 def test_policy_max_tokens_caps_the_request(make_client: Any, policies_dir: Path) -> None:
     (policies_dir / "short.yaml").write_text("name: short\nmax_tokens: 2\n")
     client = make_client()
