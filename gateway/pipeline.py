@@ -257,7 +257,7 @@ class Pipeline:
             scoring_mode=self.engine.scoring_mode,
             messages=inp.request.message_dicts(),
             documents=[dict(d) for d in inp.request.documents],
-            params=dataclasses.asdict(sampling),
+            params=sampling.as_dict(),
             tenant=inp.tenant,
         )
 

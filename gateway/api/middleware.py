@@ -40,6 +40,8 @@ CHAT_PATH = "/v1/chat/completions"
 _OPS_PREFIXES = ("/health/", "/metrics")  # probes and scrapes: not API traffic
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 CLIENT_CLOSED = 499  # the client went away before the response (nginx's convention)
+WATCH_AFTER_S = 0.05
+"""How long a request runs before `CancelOnDisconnectMiddleware` watches for its client leaving."""
 
 
 def _gateway_state(scope: Scope) -> GatewayState | None:
@@ -188,29 +190,49 @@ class BodyLimitMiddleware:
 
 
 class CancelOnDisconnectMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """Runs the request in the server's own task; a watcher started `watch_after_s` after the body
+    is in cancels that task when the client goes away. Requests answered sooner (cache hits,
+    errors) never pay for a watcher; a client that leaves earlier is noticed at that moment."""
+
+    def __init__(self, app: ASGIApp, *, watch_after_s: float = WATCH_AFTER_S) -> None:
         self.app = app
+        self.watch_after_s = watch_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
         body_read = False
         responded = False
+        cancelled = False
         disconnected = asyncio.Event()
         watcher: asyncio.Task[None] | None = None
+        timer: asyncio.TimerHandle | None = None
 
         async def watch() -> None:
             # The only reader of `receive` once the body is in: it can only say "disconnect".
+            nonlocal cancelled
             while (await receive())["type"] != "http.disconnect":
                 pass
             disconnected.set()
             if not responded:
-                handling.cancel()
+                cancelled = True
+                task.cancel()
+
+        def start_watching() -> None:
+            nonlocal watcher
+            if not responded:
+                watcher = loop.create_task(watch())
 
         async def app_receive() -> Message:
-            nonlocal body_read, watcher
+            nonlocal body_read, timer
             if body_read:
+                if watcher is None and timer is not None:  # asked before the timer: watch now
+                    timer.cancel()
+                    start_watching()
                 await disconnected.wait()
                 return {"type": "http.disconnect"}
             message = await receive()
@@ -218,7 +240,7 @@ class CancelOnDisconnectMiddleware:
                 disconnected.set()
             elif not message.get("more_body", False):
                 body_read = True
-                watcher = asyncio.ensure_future(watch())
+                timer = loop.call_later(self.watch_after_s, start_watching)
             return message
 
         async def app_send(message: Message) -> None:
@@ -227,14 +249,17 @@ class CancelOnDisconnectMiddleware:
                 responded = True
             await send(message)
 
-        handling = asyncio.ensure_future(self.app(scope, app_receive, app_send))
         try:
-            await handling
+            await self.app(scope, app_receive, app_send)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not disconnected.is_set() or (current is not None and current.cancelling()):
+            # Ours alone (no one else asked this task to stop): the client left; swallow it.
+            if not cancelled or task.cancelling() > 1:
                 raise
             log.info("client disconnected; request cancelled", extra={"path": scope["path"]})
         finally:
+            if cancelled:
+                task.uncancel()  # our request is settled, whether or not the app let it through
+            if timer is not None:
+                timer.cancel()
             if watcher is not None:
                 watcher.cancel()

@@ -38,6 +38,17 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, as plain JSON values (what `dataclasses.asdict` gives, at a tenth of
+        the cost: it is on every request's cache key)."""
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": list(self.stop),
+            "seed": self.seed,
+        }
+
     @property
     def greedy(self) -> bool:
         # Below this, logits divided by the temperature overflow to inf (then NaN probabilities);
