@@ -14,7 +14,8 @@ a temporary folder, and measures, each in its own process:
   start (the base loaded twice, one copy wrapped by the adapter), and a process that only imports
   torch + transformers, for reference.
 
-Run: `python bench/scoring.py` (a few minutes on a 2-core CPU); `--help` for the options.
+Run: `python bench/scoring.py` (a few minutes on a 2-core CPU; `--skip-time` or `--skip-memory`
+for one half); `--help` for the options.
 """
 
 from __future__ import annotations
@@ -245,14 +246,25 @@ def child_time(model_dir: Path, dtype_name: str, runs: int, prompt_tokens: int) 
 
 def child_engine(model_dir: Path, dtype_name: str, prompt_tokens: int) -> dict[str, Any]:
     """One engine: base + adapter on one `PeftModel`; one answer step, then one score."""
-    from gateway.engine.base import SamplingParams
-    from gateway.engine.local import DecodeRow
+    import torch
 
+    from gateway.engine.base import SamplingParams
+    from gateway.engine.local import DecodeRow, cpu_supports_bf16
+
+    started = time.perf_counter()
     engine = load_engine(model_dir, dtype_name)
+    load_s = time.perf_counter() - started
     question = engine.render([{"role": "user", "content": QUESTION}])
     engine.decode([DecodeRow(question, SamplingParams(max_tokens=1), adapter=False)])
     engine.score_logits([certainty_prompt(engine, prompt_tokens)])
-    return memory_now()
+    result = memory_now()
+    result.update(
+        load_s=load_s,
+        threads=torch.get_num_threads(),
+        dtype=str(next(engine.model.parameters()).dtype).removeprefix("torch."),
+        cpu_bf16=cpu_supports_bf16(),
+    )
+    return result
 
 
 def child_seed(model_dir: Path, dtype_name: str, prompt_tokens: int) -> dict[str, Any]:
@@ -364,6 +376,24 @@ def report(
     timing: dict[str, Any],
     memory: dict[str, dict[str, Any]],
 ) -> list[str]:
+    facts = timing or memory["engine"]  # both carry threads, dtype and cpu_bf16
+    lines = [
+        "certainty scoring benchmark (bench/scoring.py, issue 2 item 7)",
+        f"date: {time.strftime('%Y-%m-%d %H:%M')}   machine: {cpu_name()}, "
+        f"{os.cpu_count()} CPUs, torch threads {facts['threads']}, "
+        f"dtype {facts['dtype']} (CPU bf16: {'yes' if facts['cpu_bf16'] else 'no'})",
+        f"model: GraniteMoeHybrid, {args.layers} layers (real: 40), hidden {HIDDEN}, "
+        f"heads {HEADS}/{KV_HEADS} kv, vocab {VOCAB}, MLP {INTERMEDIATE}, random weights; "
+        f"LoRA r={RANK} alpha={2 * RANK} on 6 modules",
+    ]
+    if timing:
+        lines += report_time(args, timing)
+    if memory:
+        lines += report_memory(memory)
+    return lines
+
+
+def report_time(args: argparse.Namespace, timing: dict[str, Any]) -> list[str]:
     times = {name: statistics.median(values) for name, values in timing["times"].items()}
     fastest = {name: min(values) for name, values in timing["times"].items()}
     cpu = {name: statistics.median(values) for name, values in timing["cpu_times"].items()}
@@ -371,13 +401,6 @@ def report(
     logits_s = times["logits"]
     load_before, load_after = timing["loadavg"]
     lines = [
-        "certainty scoring benchmark (bench/scoring.py, issue 2 item 7)",
-        f"date: {time.strftime('%Y-%m-%d %H:%M')}   machine: {cpu_name()}, "
-        f"{os.cpu_count()} CPUs, torch threads {timing['threads']}, "
-        f"dtype {timing['dtype']} (CPU bf16: {'yes' if timing['cpu_bf16'] else 'no'})",
-        f"model: GraniteMoeHybrid, {args.layers} layers (real: 40), hidden {HIDDEN}, "
-        f"heads {HEADS}/{KV_HEADS} kv, vocab {VOCAB}, MLP {INTERMEDIATE}, random weights; "
-        f"LoRA r={RANK} alpha={2 * RANK} on 6 modules",
         f"prompt: {timing['prompt_tokens']} tokens (certainty prompt); {args.runs} runs per mode, "
         f"modes interleaved; load {timing['load_s']:.1f} s; "
         f"1-min load average {load_before:.1f} before, {load_after:.1f} after",
@@ -419,8 +442,10 @@ def report(
             f"  derived from CPU times: one decode step {step:.3f} CPU s, "
             f"prompt prefill {prefill:.3f} CPU s (logits mode ~ one prefill)"
         )
-    if not memory:
-        return lines
+    return lines
+
+
+def report_memory(memory: dict[str, dict[str, Any]]) -> list[str]:
     base = memory["baseline"]["peak_mib"]
     engine = memory["engine"]["peak_mib"]
     seed = memory["seed"]["peak_mib"]
@@ -430,8 +455,9 @@ def report(
         ("seed quick start: base twice, one with adapter", memory["seed"]),
     ]
     base_anon = memory["baseline"]["peak_anon_mib"]
-    lines += [
+    lines = [
         "",
+        f"engine load (LocalEngine.load) in the memory run: {memory['engine']['load_s']:.1f} s",
         "peak memory (each case in its own process: load, one answer step, one score; MiB)",
         "  peak RSS = ru_maxrss (VmHWM from /proc agrees); peak anon = sampled RssAnon, memory the",
         "  process owns, without the clean file pages of the checkpoint mapped while loading",
@@ -494,10 +520,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="reuse (or create) the model folder here instead of a temporary one",
     )
     parser.add_argument("--skip-memory", action="store_true", help="time only")
+    parser.add_argument("--skip-time", action="store_true", help="memory only")
     parser.add_argument(
         "--child", choices=["build", "time", "engine", "seed", "baseline"], help=argparse.SUPPRESS
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.skip_time and args.skip_memory:
+        parser.error("--skip-time and --skip-memory together leave nothing to measure")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -511,8 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (model_dir / "adapter" / "adapter_config.json").exists():
             print(f"building the model ({args.layers} layers) in {model_dir} ...", flush=True)
             spawn("build", args, model_dir)
-        print("timing ...", flush=True)
-        timing = spawn("time", args, model_dir)
+        timing: dict[str, Any] = {}
+        if not args.skip_time:
+            print("timing ...", flush=True)
+            timing = spawn("time", args, model_dir)
         memory: dict[str, dict[str, Any]] = {}
         if not args.skip_memory:
             for kind in ("baseline", "engine", "seed"):
