@@ -72,6 +72,41 @@ def resolve_dtype(dtype: DTypeName, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def checkpoint_dtype(config: Any) -> torch.dtype | None:
+    """The dtype the checkpoint's weights are stored in, as its config declares it (or None)."""
+    declared = getattr(config, "dtype", None)
+    if isinstance(declared, str):
+        declared = getattr(torch, declared, None)
+    return declared if isinstance(declared, torch.dtype) else None
+
+
+def base_load_plan(
+    stored: torch.dtype | None, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """`from_pretrained` arguments that load the base model with the least peak memory.
+
+    `dtype` in the plan is the dtype the weights are loaded in; when it differs from `dtype`
+    (the one to compute in), the caller widens the model in place after loading.
+
+    - Not on the CPU: straight onto the device (`device_map`), in the compute dtype; each
+      weight goes from the checkpoint to the device, no whole model is built in host memory.
+    - On the CPU, a checkpoint narrower than the compute dtype (bf16 weights, float32 compute on
+      a CPU without bf16): loading it converted keeps the whole checkpoint memory-mapped, and
+      counted in the process's resident memory, until the last weight is converted (peak:
+      float32 model + bf16 file). Read into memory instead (no mmap) in its own dtype, it is then
+      widened one parameter at a time: the peak is the float32 model plus one parameter (reading
+      holds one checkpoint file twice for a moment, its bytes and its tensors: at most the size
+      of the widened model). Costs a little load time: the weights are copied once more.
+    - Otherwise, in the compute dtype: an unconverted checkpoint stays memory-mapped (its pages
+      are the weights, no copy), and a narrowing conversion keeps only the smaller copy.
+    """
+    if device.type != "cpu":
+        return {"dtype": dtype, "device_map": device}
+    if stored is not None and stored.is_floating_point and stored.itemsize < dtype.itemsize:
+        return {"dtype": stored, "disable_mmap": True}
+    return {"dtype": dtype}
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where the base model and the adapter come from: hub ids or local paths."""
@@ -147,18 +182,24 @@ class LocalEngine:
     ) -> LocalEngine:
         """Load the base model and the adapter from hub ids or local paths (one weight copy)."""
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source.base, revision=source.base_revision)
+            config = AutoConfig.from_pretrained(source.base, revision=source.base_revision)
+            plan = base_load_plan(checkpoint_dtype(config), torch_device, torch_dtype)
             base = AutoModelForCausalLM.from_pretrained(
-                source.base, revision=source.base_revision, dtype=torch_dtype
+                source.base, revision=source.base_revision, config=config, **plan
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(_load_hint("base model", source.base, exc)) from exc
-        base.to(torch_device)
+        if plan["dtype"] != torch_dtype:
+            # Widened in place, one parameter at a time: the peak is the widened model plus
+            # one parameter, not the widened model plus the whole checkpoint.
+            base.to(torch_dtype)
+            base.config.dtype = torch_dtype
         kwargs: dict[str, Any] = {}
         if source.adapter_subfolder:
             kwargs["subfolder"] = source.adapter_subfolder
