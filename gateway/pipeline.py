@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from gateway.cache.base import DecisionCache
 from gateway.cache.key import cache_key, is_cacheable
@@ -62,6 +63,10 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def fields(self) -> dict[str, int]:
+        """The stored fields (`Usage(**usage.fields())` rebuilds it)."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
     def as_dict(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -109,7 +114,7 @@ class Completion:
         return body
 
     def to_json(self) -> bytes:
-        return json.dumps(
+        return orjson.dumps(
             {
                 "text": self.text,
                 "finish_reason": self.finish_reason,
@@ -118,16 +123,16 @@ class Completion:
                 "served_by": self.served_by,
                 "certainty": self.certainty.as_dict(),
                 "confidence": self.confidence,
-                "usage": dataclasses.asdict(self.usage),
-                "local_usage": dataclasses.asdict(self.local_usage),
+                "usage": self.usage.fields(),
+                "local_usage": self.local_usage.fields(),
                 "escalation_cost": self.escalation_cost,
                 "escalation_error": self.escalation_error,
             }
-        ).encode()
+        )
 
     @classmethod
     def from_json(cls, raw: bytes, *, cached: bool = True) -> Completion:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         scored = data["certainty"]
         certainty: ScoreResult
         if scored["score"] is None:

@@ -61,6 +61,14 @@ def test_the_request_id_exceptions_and_odd_values_are_kept() -> None:
     assert parsed["when"] == "/x"
 
 
+def test_values_the_fast_encoder_refuses_still_make_a_json_line() -> None:
+    line = JsonFormatter().format(record("odd", text="a\ud800b", big=2**70, keyed={1: "x"}))
+    parsed = json.loads(line)
+    assert parsed["text"] == "a\ud800b"
+    assert parsed["big"] == 2**70
+    assert parsed["keyed"] == {"1": "x"}
+
+
 def test_library_markers_are_left_out() -> None:
     parsed = json.loads(JsonFormatter().format(record(litellm_redacted=object())))
     assert "litellm_redacted" not in parsed

@@ -17,7 +17,7 @@ from typing import Any
 
 import pydantic
 from fastapi import Depends
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,6 +30,7 @@ from gateway.api.schemas import ChatCompletionBody
 from gateway.api.state import GatewayState
 from gateway.api.wire import (
     ChunkWriter,
+    JSONBody,
     completion_body,
     completion_headers,
     completion_id,
@@ -94,7 +95,7 @@ async def chat_completions(request: Request) -> Response:
     state.metrics.stage_latency.labels("total").observe(time.perf_counter() - started)
     _log_content(state, inp, completion)
     body_json = completion_body(completion, request_id=completion_id(), created=int(time.time()))
-    return JSONResponse(body_json, headers=completion_headers(completion))
+    return JSONBody(body_json, headers=completion_headers(completion))
 
 
 async def _stream(state: GatewayState, inp: CompletionInput, include_usage: bool) -> Response:

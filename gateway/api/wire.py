@@ -1,11 +1,17 @@
-"""Completions turned into OpenAI response bodies, SSE chunks and the gateway's headers."""
+"""Completions turned into OpenAI response bodies, SSE chunks and the gateway's headers.
+
+Bodies are serialized by orjson: on a cache hit, `json.dumps` of the body was the largest single
+cost after the HTTP parsing itself.
+"""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any
+
+import orjson
+from starlette.responses import Response
 
 from gateway.certainty import Certainty, ScoreResult
 from gateway.pipeline import Completion, Decided
@@ -68,6 +74,15 @@ def completion_body(completion: Completion, *, request_id: str, created: int) ->
     }
 
 
+class JSONBody(Response):
+    """`JSONResponse`, serialized by orjson (UTF-8, compact, the same JSON)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 class ChunkWriter:
     """Builds the `data: ...` lines of one streamed completion."""
 
@@ -89,7 +104,7 @@ class ChunkWriter:
         }
         if self.include_usage and "usage" not in body:
             body["usage"] = None
-        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+        return b"data: " + orjson.dumps(body) + b"\n\n"
 
     def role(self) -> bytes:
         delta = {"role": "assistant", "content": ""}
@@ -115,4 +130,4 @@ class ChunkWriter:
 
     def error(self, message: str, error_type: str, code: str | None) -> bytes:
         body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
+        return b"data: " + orjson.dumps(body) + b"\n\n"
