@@ -5,13 +5,18 @@ frozen Redis (SIGSTOP, a stuck proxy) accepts TCP connections and never answers.
 out, refused connection, any Redis error) is a miss for `get` and a skipped write for `set`, and
 counts towards the circuit breaker, which stops calling Redis for a while after repeated failures
 so a dead Redis costs nothing at all per request.
+
+Reads are batched: every `get` issued in the same turn of the event loop goes to Redis in one
+`MGET` (the gateway's requests all reach their look-up in the turn that parsed them, so under
+load a turn holds many). One round trip of redis-py costs ~150 us of CPU, about as much as the
+rest of a cache hit; a batch shares it. A lone request pays one extra loop turn (microseconds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -72,6 +77,7 @@ class RedisCache:
         self._breaker = CircuitBreaker(
             f"redis cache at {where}", failure_threshold=failure_threshold, cooldown_s=cooldown_s
         )
+        self._reads = ReadBatcher(self._get_many)
 
     @classmethod
     def from_url(
@@ -126,11 +132,15 @@ class RedisCache:
         return CacheStatus("degraded", f"{self._where}: {self._breaker.last_failure}")
 
     async def get(self, key: str) -> bytes | None:
+        return await self._reads.get(self._prefix + key)
+
+    async def _get_many(self, keys: list[str]) -> list[bytes | None]:
+        """The values of `keys` (full Redis keys), one `MGET`; all misses if Redis fails."""
         try:
-            value = await self._guarded(lambda: self._client.get(self._prefix + key))
+            values = await self._guarded(lambda: self._client.mget(keys))
         except _Unavailable:
-            return None
-        return value if isinstance(value, bytes) else None
+            return [None] * len(keys)
+        return [value if isinstance(value, bytes) else None for value in values]
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         if ttl_s <= 0:
@@ -180,6 +190,7 @@ class RedisCache:
             ) from None
 
     async def close(self) -> None:
+        await self._reads.close()
         await self._client.aclose()
 
     def _lock_key(self, key: str) -> str:
@@ -220,6 +231,64 @@ class RedisCache:
         if self._secret:
             text = text.replace(self._secret, "***")
         return f"{type(exc).__name__}: {text}"
+
+
+class ReadBatcher:
+    """Coalesces the reads of one event-loop turn into one call of `fetch(keys)`.
+
+    `get(key)` queues the key and waits; at the end of the turn, one task fetches every queued key
+    (each once) and hands each caller its value. A caller that is cancelled only stops waiting;
+    the batch goes on for the others. `fetch` owns the failure policy (the cache's turns every
+    failure into misses); should it raise anyway, every caller of that batch gets the error.
+    """
+
+    def __init__(self, fetch: Callable[[list[str]], Awaitable[list[bytes | None]]]) -> None:
+        self._fetch = fetch
+        self._queued: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._batches: set[asyncio.Task[None]] = set()  # strong references while they run
+
+    async def get(self, key: str) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes | None] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._flush)
+        self._queued.setdefault(key, []).append(waiter)
+        return await waiter
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, {}
+        batch = asyncio.get_running_loop().create_task(self._run(queued))
+        self._batches.add(batch)
+        batch.add_done_callback(self._batches.discard)
+
+    async def _run(self, queued: dict[str, list[asyncio.Future[bytes | None]]]) -> None:
+        keys = list(queued)
+        try:
+            values = await self._fetch(keys)
+        except Exception as exc:  # a broken `fetch`: each caller gets its error
+            for waiter in _waiting(queued):
+                waiter.set_exception(exc)
+            return
+        except BaseException:  # cancelled (shut down): so are the callers
+            for waiter in _waiting(queued):
+                waiter.cancel()
+            raise
+        for key, value in zip(keys, values, strict=True):
+            for waiter in queued[key]:
+                if not waiter.done():  # a caller that was cancelled meanwhile
+                    waiter.set_result(value)
+
+    async def close(self) -> None:
+        for batch in list(self._batches):
+            batch.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
+
+
+def _waiting(
+    queued: dict[str, list[asyncio.Future[bytes | None]]],
+) -> Iterator[asyncio.Future[bytes | None]]:
+    for waiters in queued.values():
+        yield from (waiter for waiter in waiters if not waiter.done())
 
 
 def _describe_url(url: str) -> str:

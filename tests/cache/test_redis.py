@@ -48,6 +48,48 @@ def test_hit_after_miss(redis_server: RedisServer) -> None:
     asyncio.run(scenario())
 
 
+def _calls(server: RedisServer, command: str) -> int:
+    stats = redis.Redis.from_url(server.url).info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_reads_of_one_loop_turn_are_one_mget(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        cache = redis_cache(redis_server.url)
+        try:
+            await cache.set("a", b"1", 60)
+            await cache.set("b", b"2", 60)
+            before = _calls(redis_server, "mget")
+            values = await asyncio.gather(*(cache.get(k) for k in ("a", "b", "a", "missing")))
+            assert values == [b"1", b"2", b"1", None]
+            assert _calls(redis_server, "mget") == before + 1
+            assert _calls(redis_server, "get") == 0
+            # Reads of later turns make their own batch.
+            assert await cache.get("b") == b"2"
+            assert _calls(redis_server, "mget") == before + 2
+        finally:
+            await cache.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reader_that_leaves_does_not_disturb_its_batch(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        cache = redis_cache(redis_server.url)
+        try:
+            await cache.set("a", b"1", 60)
+            leaving = asyncio.ensure_future(cache.get("a"))
+            staying = asyncio.ensure_future(cache.get("a"))
+            await asyncio.sleep(0)  # both queued, the batch not yet answered
+            leaving.cancel()
+            assert await staying == b"1"
+            assert leaving.cancelled()
+        finally:
+            await cache.close()
+
+    asyncio.run(scenario())
+
+
 def test_every_key_has_a_ttl(redis_server: RedisServer) -> None:
     lock_ttls: list[int] = []
     raw = redis.Redis.from_url(redis_server.url)
