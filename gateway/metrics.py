@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CONFIDENCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -43,7 +45,6 @@ class Metrics:
         self.cache_events = Counter(
             "gateway_cache", "Decision cache look-ups: hit, miss, error.", ["event"], registry=r
         )
-        # Bound once: `labels()` costs a lock and a dict look-up on every request.
         self.cache_hit = self.cache_events.labels("hit")
         self.cache_miss = self.cache_events.labels("miss")
         self.cache_error = self.cache_events.labels("error")
@@ -57,6 +58,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+        # `labels()` takes a lock and builds a key on every call; these remember each child (the
+        # label values are bounded: policies, statuses, actions, stages).
+        self.requests_of = functools.cache(self.requests.labels)
+        self.actions_of = functools.cache(self.actions.labels)
+        self.certainty_of = functools.cache(self.certainty.labels)
+        self.stage_latency_of = functools.cache(self.stage_latency.labels)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -495,8 +495,8 @@ class Pipeline:
         return dataclasses.replace(inp, request=dataclasses.replace(inp.request, sampling=capped))
 
     def _observe(self, completion: Completion, timer: _Timer | None) -> None:
-        self.metrics.certainty.labels(completion.policy).observe(completion.confidence)
-        self.metrics.actions.labels(completion.policy, completion.action.value).inc()
+        self.metrics.certainty_of(completion.policy).observe(completion.confidence)
+        self.metrics.actions_of(completion.policy, completion.action.value).inc()
         if timer is not None:
             for stage, seconds in timer.stages.items():
-                self.metrics.stage_latency.labels(stage).observe(seconds)
+                self.metrics.stage_latency_of(stage).observe(seconds)

@@ -92,7 +92,7 @@ async def chat_completions(request: Request) -> Response:
         return await _stream(state, inp, include_usage)
     started = time.perf_counter()
     completion = await state.pipeline.complete(inp)
-    state.metrics.stage_latency.labels("total").observe(time.perf_counter() - started)
+    state.metrics.stage_latency_of("total").observe(time.perf_counter() - started)
     _log_content(state, inp, completion)
     body_json = completion_body(completion, request_id=completion_id(), created=int(time.time()))
     return JSONBody(body_json, headers=completion_headers(completion))
@@ -120,9 +120,7 @@ async def _stream(state: GatewayState, inp: CompletionInput, include_usage: bool
                 elif isinstance(event, Final):
                     for line in writer.finish(event.completion):
                         yield line
-                    state.metrics.stage_latency.labels("total").observe(
-                        time.perf_counter() - started
-                    )
+                    state.metrics.stage_latency_of("total").observe(time.perf_counter() - started)
                     _log_content(state, inp, event.completion)
         except GatewayError as exc:
             log.warning("stream ended by an error", extra={"error": exc.message})

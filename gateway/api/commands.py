@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_level="info",
             log_config=None,  # uvicorn's loggers propagate to our JSON handler
             access_log=False,  # the request middleware logs each request, with its id
+            server_header=False,  # no `server: uvicorn`: the software is nobody's business
             # SIGTERM drains first (see `gateway.api.app`); this bounds what is left after it,
             # and a Ctrl-C.
             timeout_graceful_shutdown=min(math.ceil(settings.server.drain_s), CLOSE_GRACE_S),

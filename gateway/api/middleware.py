@@ -122,7 +122,7 @@ class RequestContextMiddleware:
                 policy = policy if policy in state.policies.current.policies else "unknown"
             fields["policy"] = policy or "none"
             if state is not None:
-                state.metrics.requests.labels(fields["policy"], str(status)).inc()
+                state.metrics.requests_of(fields["policy"], str(status)).inc()
         ops = scope["path"].startswith(_OPS_PREFIXES)
         log.log(logging.DEBUG if ops else logging.INFO, "request", extra=fields)
 

@@ -117,3 +117,9 @@ def test_sampling_params_give_every_field_to_the_key() -> None:
     # `as_dict` is written out by hand for speed: a field added later must not be left out of it.
     sampling = SamplingParams(max_tokens=9, temperature=0.5, top_p=0.9, stop=("a", "b"), seed=3)
     assert sampling.as_dict() == json.loads(json.dumps(dataclasses.asdict(sampling)))
+
+
+def test_a_document_beyond_64_bit_integers_still_gets_a_stable_key() -> None:
+    big = cache_key(**_inputs(documents=[{"n": 2**70}]))
+    assert big == cache_key(**_inputs(documents=[{"n": 2**70}]))
+    assert big != cache_key(**_inputs(documents=[{"n": 2**70 + 1}]))
