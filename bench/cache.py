@@ -1,7 +1,8 @@
 """Cache-hit throughput: requests per second and p50 / p99 latency at 32 concurrent connections.
 
 Three servers, each a real uvicorn process started here, measured in the same run by `wrk`
-(Debian package `wrk`) with the same request:
+(Debian package `wrk`) with the same request, on two server stacks (uvloop + httptools, what
+`serve` runs; asyncio + h11, the pure-Python one):
   - bare: a raw ASGI app that returns a fixed JSON body (the ceiling of one Python worker here),
   - gateway, in-process cache,
   - gateway, Redis cache (a redis-server started on a free port).
@@ -53,6 +54,14 @@ async def app(scope, receive, send):
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": BODY})
 """
+
+
+BARE = "bare ASGI app"
+IN_PROCESS = "gateway, in-process cache"
+REDIS = "gateway, Redis"
+STACKS = {"uvloop + httptools": ("uvloop", "httptools"), "asyncio + h11": ("asyncio", "h11")}
+"""uvicorn's event loop and HTTP parser: the first is what `serve` runs (and is judged), the
+second the pure-Python stack, where the server itself costs several times more per request."""
 
 
 def free_port() -> int:
@@ -140,7 +149,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    results: dict[str, dict[str, float]] = {}
+    results: dict[tuple[str, str], dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         script = work / "post.lua"
@@ -174,51 +183,60 @@ def main() -> None:
             )
         )
 
-        port = free_port()
-        bare = [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port)]
-        bare += ["--log-level", "warning", "--no-access-log", "--app-dir", str(work)]
-        with serve(bare, f"http://127.0.0.1:{port}/", env):
-            url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            results["bare ASGI app"] = run_wrk(url, args.seconds, args.connections, script)
-
-        for label, cache_url in (("gateway, in-process cache", None), ("gateway, Redis", "")):
+        for stack, (loop, http) in STACKS.items():
             port = free_port()
-            command = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
-            command += ["--port", str(port)]
-            with contextlib_redis(cache_url, work) as resolved:
-                run_env = dict(env)
-                if resolved:
-                    run_env["GATEWAY_CACHE__URL"] = resolved
-                with serve(command, f"http://127.0.0.1:{port}/health/ready", run_env):
-                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                    first = httpx.post(url, json=BODY, timeout=60)
-                    assert first.status_code == 200, first.text
-                    hit = httpx.post(url, json=BODY, timeout=60)
-                    assert hit.headers["x-gateway-cache"] == "hit", hit.headers
-                    results[label] = run_wrk(url, args.seconds, args.connections, script)
+            bare = [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port)]
+            bare += ["--log-level", "warning", "--no-access-log", "--app-dir", str(work)]
+            bare += ["--loop", loop, "--http", http]
+            with serve(bare, f"http://127.0.0.1:{port}/", env):
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                results[(stack, BARE)] = run_wrk(url, args.seconds, args.connections, script)
 
-    bare_rps = results["bare ASGI app"]["rps"]
+            for label, cache_url in ((IN_PROCESS, None), (REDIS, "")):
+                port = free_port()
+                command = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+                command += ["--port", str(port)]
+                with contextlib_redis(cache_url, work) as resolved:
+                    run_env = {**env, "GATEWAY_SERVER__LOOP": loop, "GATEWAY_SERVER__HTTP": http}
+                    if resolved:
+                        run_env["GATEWAY_CACHE__URL"] = resolved
+                    with serve(command, f"http://127.0.0.1:{port}/health/ready", run_env):
+                        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                        first = httpx.post(url, json=BODY, timeout=60)
+                        assert first.status_code == 200, first.text
+                        hit = httpx.post(url, json=BODY, timeout=60)
+                        assert hit.headers["x-gateway-cache"] == "hit", hit.headers
+                        results[(stack, label)] = run_wrk(
+                            url, args.seconds, args.connections, script
+                        )
+
     print(
         f"cache-hit throughput, {args.connections} connections, {args.seconds} s each, "
-        f"wrk -t2 (load generator on the same {os.cpu_count()}-core machine)"
+        f"wrk -t2 (load generator on the same {os.cpu_count()}-core machine); "
+        "'of bare': share of the bare app's req/s on the same server stack"
     )
-    print(f"{'server':28} {'req/s':>9} {'of bare':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for label, r in results.items():
-        share = r["rps"] / bare_rps
+    header = f"{'server':28} {'stack (loop + http)':20} {'req/s':>9} {'of bare':>8}"
+    print(f"{header} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for (stack, label), r in results.items():
+        share = r["rps"] / results[(stack, BARE)]["rps"]
         print(
-            f"{label:28} {r['rps']:>9.0f} {share:>8.0%} {r['p50']:>8.2f} {r['p99']:>8.2f}"
-            f" {r['non2xx']:>8.0f}"
+            f"{label:28} {stack:20} {r['rps']:>9.0f} {share:>8.0%} {r['p50']:>8.2f} "
+            f"{r['p99']:>8.2f} {r['non2xx']:>8.0f}"
         )
-    redis_result = results["gateway, Redis"]
-    share = redis_result["rps"] / bare_rps
+    judged = next(iter(STACKS))  # what `serve` runs by default
+    redis_result = results[(judged, REDIS)]
+    share = redis_result["rps"] / results[(judged, BARE)]["rps"]
     print(
-        f"target: Redis hit throughput >= 40% of bare: {share:.0%} "
+        f"target ({judged}, what serve runs): Redis hit throughput >= 40% of bare: {share:.0%} "
         f"{'PASS' if share >= 0.4 else 'FAIL'}"
     )
     print(
-        f"target: Redis hit p99 <= 20 ms: {redis_result['p99']:.2f} ms "
-        f"{'PASS' if redis_result['p99'] <= 20 else 'FAIL'}"
+        f"target ({judged}, what serve runs): Redis hit p99 <= 20 ms: "
+        f"{redis_result['p99']:.2f} ms {'PASS' if redis_result['p99'] <= 20 else 'FAIL'}"
     )
+    for stack in list(STACKS)[1:]:
+        plain = results[(stack, REDIS)]["rps"] / results[(stack, BARE)]["rps"]
+        print(f"  informational ({stack}): Redis hit throughput {plain:.0%} of bare")
 
 
 @contextmanager

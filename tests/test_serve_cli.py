@@ -52,3 +52,18 @@ def test_a_bad_policy_file_stops_start_up_naming_file_and_field(tmp_path: Path) 
     assert done.returncode == 2
     assert "broken.yaml" in done.stderr
     assert "return_at" in done.stderr
+
+
+def test_serve_runs_on_httptools_and_uvloop_unless_the_settings_say_otherwise() -> None:
+    from gateway.api.commands import uvicorn_config
+    from gateway.config import Settings
+
+    fast = uvicorn_config(None, Settings())
+    fast.load()  # resolves "auto" to the classes uvicorn will run
+    assert fast.http_protocol_class.__name__ == "HttpToolsProtocol"
+    assert fast.get_loop_factory().__module__.startswith("uvloop")
+    assert fast.server_header is False
+    plain = uvicorn_config(None, Settings(server={"http": "h11", "loop": "asyncio"}))  # type: ignore[arg-type]
+    plain.load()
+    assert plain.http_protocol_class.__name__ == "H11Protocol"
+    assert plain.get_loop_factory().__module__.startswith("asyncio")

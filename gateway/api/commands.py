@@ -8,13 +8,15 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from gateway.api.auth import KeyRing
 
 log = logging.getLogger(__name__)
@@ -55,20 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     load_policies(settings.policies_dir)
     engine = engine_from_settings(settings.model) if settings.engine.kind == "local" else None
     app = create_app(settings, engine=engine)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.server.host,
-            port=settings.server.port,
-            log_level="info",
-            log_config=None,  # uvicorn's loggers propagate to our JSON handler
-            access_log=False,  # the request middleware logs each request, with its id
-            server_header=False,  # no `server: uvicorn`: the software is nobody's business
-            # SIGTERM drains first (see `gateway.api.app`); this bounds what is left after it,
-            # and a Ctrl-C.
-            timeout_graceful_shutdown=min(math.ceil(settings.server.drain_s), CLOSE_GRACE_S),
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, settings))
 
     def stop_serving() -> None:
         server.should_exit = True
@@ -76,6 +65,26 @@ def _serve(args: argparse.Namespace) -> int:
     app.state.stop_serving = stop_serving
     server.run()
     return 0 if server.started else STARTUP_FAILURE
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """How `serve` runs the app."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        http=settings.server.http,
+        loop=settings.server.loop,
+        log_level="info",
+        log_config=None,  # uvicorn's loggers propagate to our JSON handler
+        access_log=False,  # the request middleware logs each request, with its id
+        server_header=False,  # no `server: uvicorn`: the software is nobody's business
+        # SIGTERM drains first (see `gateway.api.app`); this bounds what is left after it, and
+        # a Ctrl-C.
+        timeout_graceful_shutdown=min(math.ceil(settings.server.drain_s), CLOSE_GRACE_S),
+    )
 
 
 def _demo_escalation_key(settings: Settings, key: str) -> Settings:
