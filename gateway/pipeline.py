@@ -303,10 +303,19 @@ class Pipeline:
 
         # Concurrent identical misses compute once (across replicas too, with Redis).
         lookup = await self.flights.get_or_compute(key, compute, ttl_s=self.cache_ttl_s)
-        (self.metrics.cache_hit if lookup.cached else self.metrics.cache_miss).inc()
-        completion = Completion.from_json(lookup.value, cached=lookup.cached)
-        if lookup.cached:
-            self._observe(completion, None)
+        if not lookup.cached:
+            self.metrics.cache_miss.inc()
+            return Completion.from_json(lookup.value, cached=False)
+        try:
+            completion = Completion.from_json(lookup.value)
+        except (ValueError, KeyError, TypeError):  # not written by this gateway: decide afresh
+            log.warning("replacing an unreadable cache entry")
+            self.metrics.cache_error.inc()
+            completion = await self._decide(policy, inp)
+            await self._store(key, completion)
+            return completion
+        self.metrics.cache_hit.inc()
+        self._observe(completion, None)
         return completion
 
     async def _decide(self, policy: Policy, inp: CompletionInput) -> Completion:

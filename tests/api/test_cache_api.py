@@ -49,6 +49,19 @@ def test_a_repeated_request_is_a_hit_that_answers_exactly_like_the_miss(
         assert hit.headers[header] == miss.headers[header]
 
 
+def test_an_unreadable_entry_is_decided_afresh_not_a_500(client: TestClient) -> None:
+    miss = ask(client)
+    cache = client.app.state.gateway.cache  # type: ignore[attr-defined]
+    (key,) = list(cache._entries)
+    client.portal.call(cache.set, key, b"not a decision", 60)  # type: ignore[union-attr]
+    again = ask(client)
+    assert again.status_code == 200, again.text
+    assert again.headers["x-gateway-cache"] == "miss"
+    assert again.json()["choices"] == miss.json()["choices"]
+    assert 'gateway_cache_total{event="error"} 1.0' in client.get("/metrics").text
+    assert ask(client).headers["x-gateway-cache"] == "hit"  # replaced by the fresh decision
+
+
 def test_a_hit_is_replayed_as_a_stream(client: TestClient) -> None:
     whole = ask(client).json()["choices"][0]["message"]["content"]
     response = ask(client, stream=True)
