@@ -64,6 +64,7 @@ class EngineSettings(_Section):
     vllm_base_model: str | None = None
     vllm_adapter_model: str = "uncertainty"
     vllm_timeout_s: float = Field(default=60.0, gt=0)
+    vllm_api_key: str | None = None  # vLLM's --api-key, sent as a bearer token; never logged
 
 
 class CacheSettings(_Section):

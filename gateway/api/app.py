@@ -181,6 +181,7 @@ async def _build_state(
     policies = PolicyStore.open(settings.policies_dir, escalator.targets)
     async_engine: AsyncEngine
     depth_source: Any = None
+    engine_check = None
     if settings.engine.kind == "vllm":  # the model runs in vLLM: only its tokenizer is loaded
         from gateway.engine.remote import RemoteEngine
 
@@ -188,6 +189,7 @@ async def _build_state(
         stack.push_async_callback(remote.close)
         async_engine = remote
         depth_source = remote
+        engine_check = remote.check
     else:
         if engine is None:
             from gateway.engine.factory import engine_from_settings
@@ -221,6 +223,7 @@ async def _build_state(
         cache=cache,
         metrics=metrics,
         queue_depth_source=depth_source,
+        engine_check=engine_check,
     )
 
 

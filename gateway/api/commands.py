@@ -129,7 +129,8 @@ def _check_exposure(settings: Settings, keys: KeyRing, *, insecure: bool) -> Non
 
 
 def _secrets(settings: Settings, keys: list[str]) -> Iterator[str]:
-    """What the log lines must never show: API keys, escalation credentials, the Redis password."""
+    """What the log lines must never show: API keys, escalation and vLLM credentials, the Redis
+    password."""
     yield from keys
     for model in settings.escalation.model_list:
         params = model.get("litellm_params") or {}
@@ -137,6 +138,8 @@ def _secrets(settings: Settings, keys: list[str]) -> Iterator[str]:
             value = params.get(name)
             if isinstance(value, str) and not value.startswith("os.environ/"):
                 yield value
+    if settings.engine.vllm_api_key:
+        yield settings.engine.vllm_api_key
     if settings.cache.url:
         password = urlsplit(settings.cache.url).password
         if password:

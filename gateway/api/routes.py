@@ -56,7 +56,9 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready", response_model=None)
 async def ready(state: State) -> JSONResponse:
-    """Ready once the model is loaded and the policies are valid; reports the cache."""
+    """Ready once the model is loaded (or, with vLLM, served) and the policies are valid;
+    reports the cache."""
+    await state.check_engine()
     report = state.readiness()
     return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 

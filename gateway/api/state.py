@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,14 @@ class GatewayState:
     rate_limiter: RateLimiter | None = None
     inflight: int = 0
     """API requests being handled (health and metrics excluded); kept by the request middleware."""
+    engine_check: Callable[[], Awaitable[list[str]]] | None = None
+    """A look at a remote model server (vLLM): what is wrong with it, as sentences."""
+    engine_problems: list[str] = field(default_factory=list)
+
+    async def check_engine(self) -> None:
+        """Refresh `engine_problems` (readiness asks before it reports)."""
+        if self.engine_check is not None:
+            self.engine_problems = await self.engine_check()
 
     def begin_drain(self) -> None:
         """Readiness fails from now on; requests keep being served while they drain."""
@@ -61,7 +69,8 @@ class GatewayState:
     def readiness(self) -> dict[str, Any]:
         cache = self.cache.status
         policies_ok = bool(self.policies.current.policies)
-        ready = self.engine_ready and policies_ok and not self.draining
+        engine_ok = self.engine_ready and not self.engine_problems
+        ready = engine_ok and policies_ok and not self.draining
         report: dict[str, Any] = {
             "status": "ready" if ready else "not_ready",
             "model": self.pipeline.engine.model_id if self.engine_ready else None,
@@ -72,6 +81,11 @@ class GatewayState:
             },
             "cache": {"state": cache.state, "reason": cache.reason},
         }
+        if self.engine_check is not None:
+            report["engine"] = {
+                "state": "ok" if not self.engine_problems else "unavailable",
+                "reason": "; ".join(self.engine_problems) or None,
+            }
         if self.rate_limiter is not None:
             limiter = self.rate_limiter.status
             report["rate_limit"] = {"state": limiter.state, "reason": limiter.reason}

@@ -62,6 +62,9 @@ TOP_LOGPROBS = 10
 the format (IBM's runtime asks for the same number)."""
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+API_KEY_HINT = "set engine.vllm_api_key (GATEWAY_ENGINE__VLLM_API_KEY) to vLLM's --api-key"
+CHECK_MAX_AGE_S = 5.0
+"""How long `/health/ready` reuses the last look at the model server."""
 _CONTEXT_HINTS = ("maximum context length", "context length", "too long", "max_model_len")
 
 
@@ -112,6 +115,7 @@ class RemoteEngine:
         max_context: int | None = None,
         retries: int = 1,
         max_connections: int = 256,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = openai_base_url(base_url)
         self.base_model = base_model
@@ -124,8 +128,11 @@ class RemoteEngine:
         self._model_id = model_id or f"vllm:{base_model}+{adapter_model}"
         self.prefix_ids: list[int] = tokenizer.encode(REPLY_PREFIX, add_special_tokens=False)
         self._in_flight = 0
+        self._checked: tuple[float, list[str]] | None = None  # (when, problems) of `check`
+        self._checking = asyncio.Lock()
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
+            headers={"authorization": f"Bearer {api_key}"} if api_key else None,
             timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -156,6 +163,7 @@ class RemoteEngine:
             timeout_s=engine.vllm_timeout_s,
             scoring_mode=model.scoring_mode,
             max_context=model.max_context,
+            api_key=engine.vllm_api_key,
         )
 
     @classmethod
@@ -192,6 +200,15 @@ class RemoteEngine:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def check(self, max_age_s: float = CHECK_MAX_AGE_S) -> list[str]:
+        """`probe`, at most once per `max_age_s` (readiness probes may come often, and from
+        every replica); callers meanwhile get the last answer."""
+        loop = asyncio.get_running_loop()
+        async with self._checking:
+            if self._checked is None or loop.time() - self._checked[0] >= max_age_s:
+                self._checked = (loop.time(), await self.probe())
+            return self._checked[1]
+
     async def probe(self) -> list[str]:
         """What is wrong with the server, as sentences; empty when both models are served."""
         try:
@@ -200,7 +217,14 @@ class RemoteEngine:
             response.raise_for_status()
             served = {str(m.get("id")) for m in response.json().get("data", [])}
         except (TimeoutError, httpx.HTTPError, ValueError, AttributeError) as exc:
-            return [f"the model server at {self.base_url} did not list its models ({_why(exc)})"]
+            hint = ""
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
+                hint = (
+                    "; set engine.vllm_api_key (GATEWAY_ENGINE__VLLM_API_KEY) to vLLM's --api-key"
+                )
+            return [
+                f"the model server at {self.base_url} did not list its models ({_why(exc)}){hint}"
+            ]
         problems = []
         if self.base_model not in served:
             problems.append(
@@ -465,6 +489,10 @@ class RemoteEngine:
             return Overloaded(
                 f"the model server is busy (HTTP {status}); retry shortly",
                 retry_after=retry_after,
+            )
+        if status == 401:
+            return RemoteEngineFailed(
+                f"the model server refused the gateway's credentials (HTTP 401); {API_KEY_HINT}"
             )
         if status == 404:
             return RemoteEngineFailed(

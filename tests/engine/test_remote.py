@@ -50,6 +50,7 @@ def server(engine: LocalEngine) -> Iterator[VLLMStub]:
 def vllm(server: VLLMStub) -> VLLMStub:
     server.mode = "ok"
     server.fail_next = 0
+    server.api_key = None
     server.requests.clear()
     return server
 
@@ -338,10 +339,10 @@ class NoEscalation:
 
 @contextmanager
 def gateway_on(
-    vllm: VLLMStub, tiny_model_dir: Path, policies: Path, timeout_s: float
+    vllm: VLLMStub, tiny_model_dir: Path, policies: Path, timeout_s: float, **engine: Any
 ) -> Iterator[TestClient]:
     (policies / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
-    settings = settings_for(vllm.base_url, tiny_model_dir, vllm_timeout_s=timeout_s)
+    settings = settings_for(vllm.base_url, tiny_model_dir, vllm_timeout_s=timeout_s, **engine)
     settings = settings.model_copy(update={"policies_dir": policies})
     app = create_app(settings, escalator=NoEscalation(), watch_policies=False)
     with TestClient(app) as client:
@@ -378,3 +379,60 @@ def test_the_gateway_answers_502_in_the_envelope_when_vllm_hangs(
     assert reply.status_code == 502
     assert reply.json()["error"]["code"] == "engine_unavailable"
     assert "did not answer within 0.5 s" in reply.json()["error"]["message"]
+
+
+CHAT = {"model": "granite", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello?"}]}
+
+
+def test_the_api_key_is_sent_to_a_server_that_requires_one(
+    vllm: VLLMStub, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    vllm.api_key = "vllm-secret"
+    with gateway_on(vllm, tiny_model_dir, tmp_path, 30, vllm_api_key="vllm-secret") as gateway:
+        assert gateway.get("/health/ready").status_code == 200
+        assert gateway.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_without_the_api_key_requests_fail_and_readiness_says_which_setting(
+    vllm: VLLMStub, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    vllm.api_key = "vllm-secret"
+    with gateway_on(vllm, tiny_model_dir, tmp_path, 30) as gateway:
+        ready = gateway.get("/health/ready")
+        reply = gateway.post("/v1/chat/completions", json=CHAT)
+    assert ready.status_code == 503
+    assert ready.json()["engine"]["state"] == "unavailable"
+    assert "engine.vllm_api_key" in ready.json()["engine"]["reason"]
+    assert reply.status_code == 502
+    assert "engine.vllm_api_key" in reply.json()["error"]["message"]
+
+
+def test_readiness_follows_the_model_server(
+    vllm: VLLMStub, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with gateway_on(vllm, tiny_model_dir, tmp_path, 30) as gateway:
+        ready = gateway.get("/health/ready")
+        assert ready.status_code == 200
+        assert ready.json()["engine"] == {"state": "ok", "reason": None}
+    wrong = {"vllm_adapter_model": "not-served"}
+    with gateway_on(vllm, tiny_model_dir, tmp_path, 30, **wrong) as gateway:
+        ready = gateway.get("/health/ready")
+    assert ready.status_code == 503
+    assert "does not serve the adapter 'not-served'" in ready.json()["engine"]["reason"]
+
+
+def test_readiness_looks_at_the_server_at_most_once_per_interval(
+    vllm: VLLMStub, tiny_model_dir: Path
+) -> None:
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            first = await remote.check(max_age_s=60)
+            vllm.api_key = "now-required"  # the server changes; the cached answer stands
+            again = await asyncio.gather(*(remote.check(max_age_s=60) for _ in range(5)))
+            assert all(answer == first for answer in again)
+            return first, await remote.check(max_age_s=0)
+
+    first, fresh = asyncio.run(scenario())
+    assert first == []
+    assert len(fresh) == 1
+    assert "401" in fresh[0]

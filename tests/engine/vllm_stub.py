@@ -77,6 +77,7 @@ class VLLMStub:
         self.max_model_len = max_model_len or engine.max_context
         self.mode = "ok"
         self.fail_next = 0
+        self.api_key: str | None = None  # like vLLM's --api-key: 401 without this bearer token
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self._model_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -89,7 +90,17 @@ class VLLMStub:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def _authorized(self) -> bool:
+                if stub.api_key is None:
+                    return True
+                if self.headers.get("authorization") == f"Bearer {stub.api_key}":
+                    return True
+                self._json(401, {"error": "Unauthorized"})  # vLLM's own 401 body
+                return False
+
             def do_GET(self) -> None:
+                if not self._authorized():
+                    return
                 if self.path.rstrip("/") == "/v1/models":
                     self._json(200, stub.models())
                 else:
@@ -97,8 +108,11 @@ class VLLMStub:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
+                raw = self.rfile.read(length)
+                if not self._authorized():
+                    return
                 try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
+                    body = json.loads(raw or b"{}")
                 except ValueError:
                     self._json(400, StubError(400, "bad JSON", "BadRequestError").body())
                     return
