@@ -7,8 +7,10 @@ future. The worker thread takes the first job, waits up to `batch_wait_ms` for m
 loop. Each row's future is resolved as soon as that row finishes, and the row leaves the batch.
 Between decoding steps the worker takes more jobs from the queue: one-pass scores run at once,
 new decoding rows join the running batch while it has room (continuous batching), so a short
-request does not wait for a long batch to end. A full queue is refused at once (`Overloaded`);
-a cancelled future stops its row at the next step.
+request does not wait for a long batch to end. A new answer finding `queue_size` jobs waiting is
+refused at once (`Overloaded`); the score of an answer already made is always queued (refusing it
+would throw the answer away), so the queue holds at most `queue_size` jobs plus one score per
+request in flight. A cancelled future stops its row at the next step.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ class EngineWorker:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._queue: queue.Queue[_Job | None] = queue.Queue()  # bounded by `_submit`
         self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
         self._stopping = False
         self._stop_seen = False
@@ -137,20 +140,19 @@ class EngineWorker:
                     return
                 if job is not None:
                     job.fail(NotReady("the model was stopped before it ran this request"))
-        # A blocking put: the queue may be full, and this must not block the event loop.
-        await asyncio.to_thread(self._queue.put, None)
+        self._queue.put_nowait(None)
         await asyncio.to_thread(self._thread.join, 30.0)
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: _Job, *, admit: bool) -> None:
+        """Queue `job`; `admit`: it starts a new request, refused while `queue_size` wait."""
         if self._stopping:
             raise NotReady("the model is shutting down; retry on another replica")
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
+        if admit and self._queue.qsize() >= self.queue_size:
             raise Overloaded(
                 "the model is busy: too many requests are waiting; retry shortly",
                 retry_after=1.0,
-            ) from None
+            )
+        self._queue.put_nowait(job)
 
     async def generate(
         self, request: ChatRequest, on_text: Callable[[str], None] | None = None
@@ -165,7 +167,9 @@ class EngineWorker:
             def relay(text: str) -> None:
                 _call_soon(loop, callback, text)
 
-        self._submit(_GenerateJob(loop=loop, future=future, request=request, on_text=relay))
+        self._submit(
+            _GenerateJob(loop=loop, future=future, request=request, on_text=relay), admit=True
+        )
         return await future
 
     async def score(
@@ -186,7 +190,7 @@ class EngineWorker:
             documents=tuple(documents),
             mode=mode or self.engine.scoring_mode,
         )
-        self._submit(job)
+        self._submit(job, admit=False)  # the answer it rates was admitted
         return await future
 
     # ---------------------------------------------------------- worker thread

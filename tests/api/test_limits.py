@@ -285,12 +285,9 @@ def test_a_full_queue_is_refused_at_once_with_retry_after(
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "overloaded"
         engine.gate.set()
-        # Each request's scoring job goes through the same one-job queue, so one of these two
-        # may be refused in turn when their scores arrive together: 503 too, never a hang.
-        for late in (running.result(), queued.result()):
-            assert late.status_code in (200, 503)
-            if late.status_code == 503:
-                assert late.headers["retry-after"] == "1"
+        # Admitted requests finish: their scores are queued even when the queue is full.
+        assert running.result().status_code == 200
+        assert queued.result().status_code == 200
     assert metric(client, "gateway_requests_total", policy="granite", status="503") >= 1
 
 

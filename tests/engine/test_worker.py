@@ -164,6 +164,27 @@ def test_a_full_queue_is_refused_at_once_with_overloaded(engine: LocalEngine) ->
     run(scenario)
 
 
+def test_the_score_of_an_admitted_answer_is_queued_even_when_the_queue_is_full(
+    engine: LocalEngine,
+) -> None:
+    async def scenario() -> None:
+        worker = EngineWorker(engine, queue_size=1)  # not started: nothing leaves the queue
+        waiting = asyncio.ensure_future(worker.generate(ask(QUESTIONS[0])))
+        await asyncio.sleep(0)
+        scoring = asyncio.ensure_future(worker.score([Message("user", QUESTIONS[1])], "Paris."))
+        await asyncio.sleep(0)
+        assert not scoring.done()  # queued, not refused
+        assert worker.queue_depth == 2
+        with pytest.raises(Overloaded):  # a new answer still is refused
+            await worker.generate(ask(QUESTIONS[2]))
+        await worker.stop()
+        for job in (waiting, scoring):
+            with pytest.raises(NotReady):
+                await job
+
+    run(scenario)
+
+
 def test_a_cancelled_request_stops_its_row(engine: LocalEngine) -> None:
     async def scenario() -> tuple[int, int, EngineWorker]:
         async with started(engine, max_batch_size=2, batch_wait_ms=1) as worker:
