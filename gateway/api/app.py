@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.routing import BaseRoute
 
 from gateway import __version__
-from gateway.api.auth import KeyRing
+from gateway.api.auth import KeyRing, reload_keys
 from gateway.api.chat import DOCUMENTED_ROUTE, ChatRoute
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import (
@@ -59,7 +59,7 @@ def create_app(
                 stop = asyncio.Event()
                 watcher = asyncio.create_task(state.policies.watch(stop))
                 stack.push_async_callback(_stop_task, watcher, stop)
-                _reload_on_sighup(state.policies)
+                _reload_on_sighup(state, settings)
             log.info(
                 "gateway ready",
                 extra={
@@ -235,7 +235,13 @@ async def _stop_task(task: asyncio.Task[None], stop: asyncio.Event) -> None:
         task.cancel()
 
 
-def _reload_on_sighup(policies: PolicyStore) -> None:
+def _reload_on_sighup(state: GatewayState, settings: Settings) -> None:
+    """SIGHUP re-reads the policies and the API key file."""
+
+    def reload() -> None:
+        state.policies.reload()
+        state.keys = reload_keys(state.keys, settings.auth)
+
     # Fails off the main thread (TestClient runs the app in a thread) or without SIGHUP.
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policies.reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)

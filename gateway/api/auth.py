@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,8 @@ from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied, 
 
 if TYPE_CHECKING:
     from gateway.api.state import GatewayState
+
+log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"[\x21-\x7e]{1,512}")  # visible ASCII: what fits in a header unquoted
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
@@ -213,6 +216,25 @@ def _check_key(key: str, where: str) -> None:
         raise ConfigError(
             f"{where}: an API key must be 1-512 visible ASCII characters, without spaces"
         )
+
+
+def reload_keys(current: KeyRing, auth: AuthSettings) -> KeyRing:
+    """The keys as configured now (the key file re-read), or `current` when the new set is bad
+    (logged, like a bad policy edit) or empty while keys are in use: a reload never opens the
+    API to anyone; running without keys takes a restart."""
+    try:
+        ring = KeyRing.from_settings(auth)
+    except ConfigError as exc:
+        log.error("API key reload rejected, keeping the current keys: %s", exc.message)
+        return current
+    if current.enabled and not ring.enabled:
+        log.error(
+            "API key reload rejected, keeping the current keys: no key is left, which would "
+            "open /v1 to anyone (restart to run without keys)"
+        )
+        return current
+    log.info("API keys reloaded", extra={"keys": len(ring), "key_ids": ring.ids})
+    return ring
 
 
 # --------------------------------------------------------------------- admission of a request

@@ -3,21 +3,16 @@ escalating over real HTTP to a local upstream that answers, hangs or fails."""
 
 from __future__ import annotations
 
-import os
-import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 import yaml
 
+from tests.e2e.harness import Gateway, serving
 from tests.e2e.upstream import ANSWER, Upstream
 
 ESCALATION_TIMEOUT_S = 4.0  # LiteLLM waits about a second before retrying a 500
@@ -39,37 +34,6 @@ POLICIES = {
         "on_escalation_error": "withhold",
     },
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Gateway:
-    def __init__(self, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.port = port
-        self.process = process
-        self.log = log
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self, **options: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", **options)
-
-    def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(self.url + "/metrics").text
-        for line in text.splitlines():
-            if not line.startswith(name + "{"):
-                continue
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -113,35 +77,8 @@ def gateway(
             ],
         },
     }
-    config_file = folder / "gateway.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    port = _free_port()
-    log = folder / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    command = [sys.executable, "-m", "gateway", "serve", "--config", str(config_file)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    server = Gateway(port, process, log)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(server.url + "/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        process.kill()
-        raise AssertionError("the gateway did not become ready:\n" + log.read_text())
-    yield server
-    process.terminate()
-    process.wait(timeout=30)
+    with serving(config, folder) as server:
+        yield server
 
 
 def test_sdk_gets_a_returned_answer_with_its_certainty(gateway: Gateway) -> None:
