@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.e2e.harness import tiny_model
 from tests.e2e.upstream import ANSWER, _completion
 
 KEY = "sk-test-shutdown-0123456789"
@@ -97,13 +98,7 @@ def gateway(
         "name: slowcase\nreturn_at: 1.0\nescalate_at: 0.0\nescalate_to: large\n"
     )
     config = {
-        "model": {
-            "base": str(tiny_model_dir / "base"),
-            "adapter": str(tiny_model_dir / "adapter"),
-            "adapter_subfolder": None,
-            "device": "cpu",
-            "dtype": "float32",
-        },
+        "model": tiny_model(tiny_model_dir),
         "policies_dir": str(policies),
         "auth": {"api_keys": [KEY]},
         "server": {"drain_s": 30},

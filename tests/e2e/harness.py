@@ -49,6 +49,17 @@ class Gateway:
         return 0.0
 
 
+def tiny_model(tiny_model_dir: Path) -> dict[str, Any]:
+    """The `model` section for the miniature model the test session built."""
+    return {
+        "base": str(tiny_model_dir / "base"),
+        "adapter": str(tiny_model_dir / "adapter"),
+        "adapter_subfolder": None,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+
+
 @contextmanager
 def serving(config: dict[str, Any], folder: Path) -> Iterator[Gateway]:
     """`serve --config` with `config` (written to `folder`), once ready; stopped by SIGTERM."""

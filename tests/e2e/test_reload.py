@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import Gateway, serving
+from tests.e2e.harness import Gateway, serving, tiny_model
 
 OLD = "sk-e2e-old-0123456789"
 NEW = "sk-e2e-new-9876543210"
@@ -24,13 +24,7 @@ def keyed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     (folder / "policies" / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
     (folder / "keys.txt").write_text(f"{OLD} old\n")
     config = {
-        "model": {
-            "base": str(tiny_model_dir / "base"),
-            "adapter": str(tiny_model_dir / "adapter"),
-            "adapter_subfolder": None,
-            "device": "cpu",
-            "dtype": "float32",
-        },
+        "model": tiny_model(tiny_model_dir),
         "policies_dir": str(folder / "policies"),
         "auth": {"api_keys_file": str(folder / "keys.txt")},
     }

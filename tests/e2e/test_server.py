@@ -12,7 +12,7 @@ import openai
 import pytest
 import yaml
 
-from tests.e2e.harness import Gateway, serving
+from tests.e2e.harness import Gateway, serving, tiny_model
 from tests.e2e.upstream import ANSWER, Upstream
 
 ESCALATION_TIMEOUT_S = 4.0  # LiteLLM waits about a second before retrying a 500
@@ -59,13 +59,7 @@ def gateway(
         return {"model_name": name, "litellm_params": params}
 
     config = {
-        "model": {
-            "base": str(tiny_model_dir / "base"),
-            "adapter": str(tiny_model_dir / "adapter"),
-            "adapter_subfolder": None,
-            "device": "cpu",
-            "dtype": "float32",
-        },
+        "model": tiny_model(tiny_model_dir),
         "policies_dir": str(policies),
         "escalation": {
             "timeout_s": ESCALATION_TIMEOUT_S,
