@@ -177,4 +177,4 @@ DOCUMENTED_ROUTE = APIRoute(
     response_model=None,
     dependencies=[Depends(require_api_key)],  # documents the bearer scheme
 )
-"""The route as FastAPI would declare it, for the OpenAPI document only (`document_routes`)."""
+"""The route as FastAPI would declare it, for the OpenAPI document only (see `create_app`)."""

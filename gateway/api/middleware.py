@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import logs
+from gateway.api.chat import CHAT_PATH
 from gateway.api.errors import error_response
 from gateway.errors import ClientError, InvalidRequest, PayloadTooLarge
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.access")
 
-CHAT_PATH = "/v1/chat/completions"
 _OPS_PREFIXES = ("/health/", "/metrics")  # probes and scrapes: not API traffic
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 CLIENT_CLOSED = 499  # the client went away before the response (nginx's convention)
