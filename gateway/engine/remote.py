@@ -219,9 +219,7 @@ class RemoteEngine:
         except (TimeoutError, httpx.HTTPError, ValueError, AttributeError) as exc:
             hint = ""
             if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
-                hint = (
-                    "; set engine.vllm_api_key (GATEWAY_ENGINE__VLLM_API_KEY) to vLLM's --api-key"
-                )
+                hint = f"; {API_KEY_HINT}"
             return [
                 f"the model server at {self.base_url} did not list its models ({_why(exc)}){hint}"
             ]
