@@ -37,10 +37,16 @@ class Redactor:
     """Masks known secrets and bearer tokens in a string."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._forms: set[str] = set()
+        self._known: re.Pattern[str] | None = None
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too (keys that arrive after start-up, by a reload)."""
         # As written and as JSON escapes it (a key may hold `"` or `\`); longest first, so a
         # secret that contains another is masked whole.
-        forms = {form for s in secrets if s for form in (s, json.dumps(s)[1:-1])}
-        known = sorted(forms, key=len, reverse=True)
+        self._forms |= {form for s in secrets if s for form in (s, json.dumps(s)[1:-1])}
+        known = sorted(self._forms, key=len, reverse=True)
         self._known = re.compile("|".join(re.escape(s) for s in known)) if known else None
 
     def __call__(self, text: str) -> str:
@@ -56,7 +62,7 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, redact: Redactor | None = None) -> None:
         super().__init__()
-        self._redact = redact or Redactor()
+        self.redact = redact or Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -79,7 +85,7 @@ class JsonFormatter(logging.Formatter):
             text = orjson.dumps(line, default=str).decode()
         except TypeError:  # text orjson refuses (a lone surrogate): the slower, lenient encoder
             text = json.dumps(line, ensure_ascii=False, default=str)
-        return self._redact(text)
+        return self.redact(text)
 
 
 class TextFormatter(logging.Formatter):
@@ -87,7 +93,7 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self, redact: Redactor | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._redact = redact or Redactor()
+        self.redact = redact or Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -97,7 +103,16 @@ class TextFormatter(logging.Formatter):
             extra = {"request_id": rid, **extra}
         if extra:
             text += " " + " ".join(f"{k}={v}" for k, v in extra.items())
-        return self._redact(text)
+        return self.redact(text)
+
+
+def mask_also(secrets: Iterable[str]) -> None:
+    """Add `secrets` to what the handlers `configure_logging` installed mask."""
+    wanted = list(secrets)
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, JsonFormatter | TextFormatter):
+            formatter.redact.add(wanted)
 
 
 def configure_logging(

@@ -3,6 +3,7 @@ and no prompt or answer text unless `log_content: true`; the request id on every
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -23,7 +24,7 @@ from gateway.config import Settings
 from gateway.engine.base import Document, Message, SamplingParams
 from gateway.engine.local import LocalEngine
 from gateway.escalation import EscalationReply
-from gateway.logs import JsonFormatter, Redactor, configure_logging
+from gateway.logs import JsonFormatter, Redactor, configure_logging, mask_also
 from tests.api.conftest import POLICIES, FakeEscalator
 
 KEY = "sk-test-logs-0123456789"
@@ -97,18 +98,13 @@ def test_a_secret_that_json_escapes_is_masked_too() -> None:
     assert json.loads(line)["value"] == "***"
 
 
-def test_configure_logging_installs_one_json_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def root_logging() -> Iterator[None]:
+    """The root logger's handlers and level, and Python's warnings, put back afterwards."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    monkeypatch.setenv("LITELLM_LOG", "")  # restored afterwards, whatever it was
-    monkeypatch.delenv("LITELLM_LOG")
-    stream = io.StringIO()
     try:
-        configure_logging(fmt="json", secrets=[KEY], stream=stream)
-        logging.getLogger("gateway.test").info("key %s", KEY, extra={"policy": "p"})
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.warn("a library complains", UserWarning, stacklevel=1)
+        yield
     finally:
         logging.captureWarnings(False)
         for handler in list(root.handlers):
@@ -116,11 +112,36 @@ def test_configure_logging_installs_one_json_handler(monkeypatch: pytest.MonkeyP
         for handler in saved[0]:
             root.addHandler(handler)
         root.setLevel(saved[1])
+
+
+def test_configure_logging_installs_one_json_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LITELLM_LOG", "")  # restored afterwards, whatever it was
+    monkeypatch.delenv("LITELLM_LOG")
+    stream = io.StringIO()
+    with root_logging():
+        configure_logging(fmt="json", secrets=[KEY], stream=stream)
+        logging.getLogger("gateway.test").info("key %s", KEY, extra={"policy": "p"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("a library complains", UserWarning, stacklevel=1)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert lines[0]["msg"] == "key ***"
     assert lines[0]["policy"] == "p"
     assert lines[1]["logger"] == "py.warnings"
     assert os.environ["LITELLM_LOG"] == "CRITICAL"
+
+
+def test_keys_added_after_start_up_are_masked_too() -> None:
+    stream = io.StringIO()
+    later = "sk-added-by-a-reload-42"
+    with root_logging():
+        configure_logging(fmt="json", secrets=[KEY], stream=stream)
+        mask_also([later])
+        logging.getLogger("gateway.test").info("keys %s %s", KEY, later, extra={"k": later})
+    assert later not in stream.getvalue()
+    line = json.loads(stream.getvalue())
+    assert line["msg"] == "keys *** ***"
+    assert line["k"] == "***"
 
 
 # ------------------------------------------------------------------------- through the app

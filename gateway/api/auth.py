@@ -37,6 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.config import AuthSettings
 from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied, RateLimited
+from gateway.logs import mask_also
 
 if TYPE_CHECKING:
     from gateway.api.state import GatewayState
@@ -223,7 +224,8 @@ def reload_keys(current: KeyRing, auth: AuthSettings) -> KeyRing:
     (logged, like a bad policy edit) or empty while keys are in use: a reload never opens the
     API to anyone; running without keys takes a restart."""
     try:
-        ring = KeyRing.from_settings(auth)
+        entries = read_keys(auth)
+        ring = KeyRing.from_entries(entries)
     except ConfigError as exc:
         log.error("API key reload rejected, keeping the current keys: %s", exc.message)
         return current
@@ -233,6 +235,7 @@ def reload_keys(current: KeyRing, auth: AuthSettings) -> KeyRing:
             "open /v1 to anyone (restart to run without keys)"
         )
         return current
+    mask_also(entry.key for entry in entries)  # new keys are never logged either
     log.info("API keys reloaded", extra={"keys": len(ring), "key_ids": ring.ids})
     return ring
 
