@@ -178,7 +178,6 @@ def load_engine(model_dir: Path, dtype_name: str) -> Any:
 
 def child_time(model_dir: Path, dtype_name: str, runs: int, prompt_tokens: int) -> dict[str, Any]:
     """Median time per score of each mode, interleaved round by round in this one process."""
-    import torch
 
     from gateway.certainty import MAX_REPLY_TOKENS, parse_reply
     from gateway.engine.base import SamplingParams
@@ -229,14 +228,10 @@ def child_time(model_dir: Path, dtype_name: str, runs: int, prompt_tokens: int) 
             cases[name]()
             times[name].append(time.perf_counter() - t0)
             cpu_times[name].append(time.process_time() - c0)
-    from gateway.engine.local import cpu_supports_bf16
-
     return {
-        "cpu_bf16": cpu_supports_bf16(),
+        **engine_facts(engine),
         "load_s": load_s,
         "prompt_tokens": len(prompt),
-        "threads": torch.get_num_threads(),
-        "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
         "times": times,
         "cpu_times": cpu_times,
         "tokens": tokens,
@@ -244,12 +239,23 @@ def child_time(model_dir: Path, dtype_name: str, runs: int, prompt_tokens: int) 
     }
 
 
-def child_engine(model_dir: Path, dtype_name: str, prompt_tokens: int) -> dict[str, Any]:
-    """One engine: base + adapter on one `PeftModel`; one answer step, then one score."""
+def engine_facts(engine: Any) -> dict[str, Any]:
+    """What the report's header says of the engine: torch threads, dtype, CPU bf16 support."""
     import torch
 
+    from gateway.engine.local import cpu_supports_bf16
+
+    return {
+        "threads": torch.get_num_threads(),
+        "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
+        "cpu_bf16": cpu_supports_bf16(),
+    }
+
+
+def child_engine(model_dir: Path, dtype_name: str, prompt_tokens: int) -> dict[str, Any]:
+    """One engine: base + adapter on one `PeftModel`; one answer step, then one score."""
     from gateway.engine.base import SamplingParams
-    from gateway.engine.local import DecodeRow, cpu_supports_bf16
+    from gateway.engine.local import DecodeRow
 
     started = time.perf_counter()
     engine = load_engine(model_dir, dtype_name)
@@ -257,14 +263,7 @@ def child_engine(model_dir: Path, dtype_name: str, prompt_tokens: int) -> dict[s
     question = engine.render([{"role": "user", "content": QUESTION}])
     engine.decode([DecodeRow(question, SamplingParams(max_tokens=1), adapter=False)])
     engine.score_logits([certainty_prompt(engine, prompt_tokens)])
-    result = memory_now()
-    result.update(
-        load_s=load_s,
-        threads=torch.get_num_threads(),
-        dtype=str(next(engine.model.parameters()).dtype).removeprefix("torch."),
-        cpu_bf16=cpu_supports_bf16(),
-    )
-    return result
+    return {**memory_now(), **engine_facts(engine), "load_s": load_s}
 
 
 def child_seed(model_dir: Path, dtype_name: str, prompt_tokens: int) -> dict[str, Any]:

@@ -208,7 +208,6 @@ def report(args: argparse.Namespace, results: list[Result], facts: dict[str, Any
         "",
         "where the time goes (engine.decode, the same prompt in every row, the faster of two "
         "runs):",
-        "prefill does not get cheaper per row in a batch; a decoding step does",
         f"{'rows':>7}  {'prefill s/row':>14}{'step s':>9}{'step s/row':>12}{'per-token gain':>16}",
     ]
     for rows, (prefill, step) in sorted(steps.items()):

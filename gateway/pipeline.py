@@ -68,11 +68,7 @@ class Usage:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
+        return {**self.fields(), "total_tokens": self.total_tokens}
 
 
 @dataclass(frozen=True)
@@ -273,10 +269,15 @@ class Pipeline:
         if raw is None:
             self.metrics.cache_miss.inc()
             return None
+        return self._read_hit(raw)
+
+    def _read_hit(self, raw: bytes) -> Completion | None:
+        """A cached decision, counted as a hit; None (counted as an error) for an entry this
+        gateway cannot read, which the caller decides afresh and overwrites."""
         try:
             completion = Completion.from_json(raw)
         except (ValueError, KeyError, TypeError):
-            log.warning("discarding an unreadable cache entry")
+            log.warning("replacing an unreadable cache entry")
             self.metrics.cache_error.inc()
             return None
         self.metrics.cache_hit.inc()
@@ -306,15 +307,11 @@ class Pipeline:
         if not lookup.cached:
             self.metrics.cache_miss.inc()
             return Completion.from_json(lookup.value, cached=False)
-        try:
-            completion = Completion.from_json(lookup.value)
-        except (ValueError, KeyError, TypeError):  # not written by this gateway: decide afresh
-            log.warning("replacing an unreadable cache entry")
-            self.metrics.cache_error.inc()
+        completion = self._read_hit(lookup.value)
+        if completion is None:
             completion = await self._decide(policy, inp)
             await self._store(key, completion)
             return completion
-        self.metrics.cache_hit.inc()
         self._observe(completion, None)
         return completion
 

@@ -58,8 +58,7 @@ async def live() -> dict[str, str]:
 async def ready(state: State) -> JSONResponse:
     """Ready once the model is loaded (or, with vLLM, served) and the policies are valid;
     reports the cache."""
-    await state.check_engine()
-    report = state.readiness()
+    report = await state.readiness()
     return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
 

@@ -38,12 +38,6 @@ class GatewayState:
     """API requests being handled (health and metrics excluded); kept by the request middleware."""
     engine_check: Callable[[], Awaitable[list[str]]] | None = None
     """A look at a remote model server (vLLM): what is wrong with it, as sentences."""
-    engine_problems: list[str] = field(default_factory=list)
-
-    async def check_engine(self) -> None:
-        """Refresh `engine_problems` (readiness asks before it reports)."""
-        if self.engine_check is not None:
-            self.engine_problems = await self.engine_check()
 
     def begin_drain(self) -> None:
         """Readiness fails from now on; requests keep being served while they drain."""
@@ -66,10 +60,11 @@ class GatewayState:
         if check is not None:
             check(policy)
 
-    def readiness(self) -> dict[str, Any]:
+    async def readiness(self) -> dict[str, Any]:
+        problems = await self.engine_check() if self.engine_check is not None else []
         cache = self.cache.status
         policies_ok = bool(self.policies.current.policies)
-        engine_ok = self.engine_ready and not self.engine_problems
+        engine_ok = self.engine_ready and not problems
         ready = engine_ok and policies_ok and not self.draining
         report: dict[str, Any] = {
             "status": "ready" if ready else "not_ready",
@@ -83,8 +78,8 @@ class GatewayState:
         }
         if self.engine_check is not None:
             report["engine"] = {
-                "state": "ok" if not self.engine_problems else "unavailable",
-                "reason": "; ".join(self.engine_problems) or None,
+                "state": "ok" if not problems else "unavailable",
+                "reason": "; ".join(problems) or None,
             }
         if self.rate_limiter is not None:
             limiter = self.rate_limiter.status

@@ -174,7 +174,7 @@ class RemoteEngine:
         with a 502 until the server answers (vLLM takes minutes to load).
         """
         remote = await asyncio.to_thread(cls.from_settings, engine, model)
-        for problem in await remote.probe():
+        for problem in await remote.check():  # readiness reuses this first look
             log.warning("remote engine: %s", problem, extra={"engine_url": remote.base_url})
         return remote
 

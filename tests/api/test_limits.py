@@ -27,6 +27,7 @@ from gateway.engine.local import LocalEngine
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, build_rate_limiter
 from tests.api.conftest import FakeEscalator
 from tests.cache.conftest import RedisServer
+from tests.waiting import wait_until
 
 KEY = "sk-test-alpha-0123456789"
 OTHER_KEY = "sk-test-beta-9876543210"
@@ -49,13 +50,6 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
             if all(found.get(k) == v for k, v in labels.items()):
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------- body size

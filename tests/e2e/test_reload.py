@@ -4,14 +4,14 @@ restart), and keeps the current keys when the new file is bad or would leave no 
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e.harness import Gateway, serving, tiny_model
+from tests.waiting import wait_until
 
 OLD = "sk-e2e-old-0123456789"
 NEW = "sk-e2e-new-9876543210"
@@ -37,13 +37,6 @@ def status(gateway: Gateway, key: str) -> int:
     return httpx.get(gateway.url + "/v1/models", headers=headers, timeout=10).status_code
 
 
-def until(check: Callable[[], bool], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "the gateway did not reload in time"
-        time.sleep(0.1)
-
-
 def test_sighup_rotates_the_keys_and_refuses_a_bad_or_empty_file(keyed: Gateway) -> None:
     key_file = keyed.log.parent / "keys.txt"
     assert status(keyed, OLD) == 200
@@ -51,13 +44,13 @@ def test_sighup_rotates_the_keys_and_refuses_a_bad_or_empty_file(keyed: Gateway)
 
     key_file.write_text(f"{NEW} new\n")
     keyed.process.send_signal(signal.SIGHUP)
-    until(lambda: status(keyed, NEW) == 200)
+    wait_until(lambda: status(keyed, NEW) == 200)
     assert status(keyed, OLD) == 401
 
     for rejected, bad in enumerate((f"{OLD} bad/id\n", "# every key removed\n"), start=1):
         key_file.write_text(bad)
         keyed.process.send_signal(signal.SIGHUP)
-        until(lambda n=rejected: keyed.log.read_text().count("API key reload rejected") == n)
+        wait_until(lambda n=rejected: keyed.log.read_text().count("API key reload rejected") == n)
         assert status(keyed, NEW) == 200  # the keys in use stay
         assert status(keyed, OLD) == 401
     assert keyed.process.poll() is None
