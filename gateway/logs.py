@@ -11,6 +11,7 @@ is logged only by the routes, only when `log_content: true`.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -156,5 +157,10 @@ def _extra(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
 
 
 def _timestamp(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+    return f"{_second(int(created))}.{int(created % 1 * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    """The UTC date and time of a second (lines come in bursts within one)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))

@@ -14,15 +14,17 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from gateway import __version__
 from gateway.api.auth import KeyRing, reload_keys
-from gateway.api.chat import DOCUMENTED_ROUTE, ChatRoute
+from gateway.api.chat import DOCUMENTED_ROUTE, ChatEndpoint, ChatFirst
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import (
     BodyLimitMiddleware,
     CancelOnDisconnectMiddleware,
     RequestContextMiddleware,
+    edge,
 )
 from gateway.api.routes import router
 from gateway.api.state import GatewayState, StateCollector
@@ -73,7 +75,8 @@ def create_app(
             gc.freeze()
             yield
 
-    app = FastAPI(
+    app = GatewayAPI(
+        edge(ChatEndpoint(settings.limits), max_body_bytes=settings.limits.max_body_bytes),
         title="certainty-gateway",
         version=__version__,
         description="OpenAI-compatible gateway with calibrated certainty on every answer.",
@@ -82,13 +85,28 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     _document(app, DOCUMENTED_ROUTE)
-    # Outermost last: request id and metrics, the body limit, cancel-on-disconnect, then the chat
-    # route, served ahead of FastAPI's router (see `gateway.api.chat`).
-    app.add_middleware(ChatRoute)
+    # Outermost last: request id and metrics, the body limit, cancel-on-disconnect (the same edge
+    # as the chat route's, see `GatewayAPI`).
     app.add_middleware(CancelOnDisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+class GatewayAPI(FastAPI):
+    """FastAPI, with chat completions answered ahead of FastAPI's own middleware and router.
+
+    `chat` (the chat endpoint behind its own copy of the HTTP edge) serves `/v1/chat/completions`;
+    every other path goes through FastAPI's stack, where the same edge is user middleware. FastAPI's
+    `__call__` still sees every request (its OpenTelemetry instrumentation, when configured).
+    """
+
+    def __init__(self, chat: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chat = chat
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return ChatFirst(self.chat, super().build_middleware_stack())
 
 
 def _document(app: FastAPI, *routes: BaseRoute) -> None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
 
 from gateway.config import AuthSettings
 from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied, RateLimited
@@ -243,26 +244,38 @@ def reload_keys(current: KeyRing, auth: AuthSettings) -> KeyRing:
 # --------------------------------------------------------------------- admission of a request
 
 
-async def admit(state: GatewayState, request: Request) -> None:
-    """The API key (401 unless a configured one is presented, when any is configured; sets the
-    tenant and the key's policy list on `request.state`), then the key's rate limit (429)."""
+async def admit(state: GatewayState, scope: Scope) -> None:
+    """The API key (401 unless a configured one is presented, when any is configured), then the
+    key's rate limit (429). The request's `state` gets `tenant` (the key's id) and `api_key`."""
+    scope_state: dict[str, Any] = scope.setdefault("state", {})
     if state.keys.enabled:
-        key = state.keys.authenticate(request.headers.getlist("authorization"))
-        scope_state: Any = request.state
-        scope_state.tenant = key.id
-        if key.policies is not None:
-            scope_state.authorize_policy = key.authorize_policy
-            scope_state.allowed_policies = key.policies
+        presented = [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
+        key = state.keys.authenticate(presented)
+        scope_state["tenant"] = key.id
+        scope_state["api_key"] = key
     limiter = state.rate_limiter
     if limiter is None:
         return
-    wait = await limiter.acquire(getattr(request.state, "tenant", None) or "anonymous")
+    wait = await limiter.acquire(scope_state.get("tenant") or "anonymous")
     if wait > 0:
         raise RateLimited(
             f"rate limit reached: {state.settings.limits.requests_per_minute} requests per minute "
             f"for this API key; retry in {wait:.1f} s",
             retry_after=math.ceil(wait),
         )
+
+
+def allowed_policies(scope: Scope) -> frozenset[str] | None:
+    """The policies the request's API key may use; None for all (or when keys are off)."""
+    key: ApiKey | None = scope.get("state", {}).get("api_key")
+    return None if key is None else key.policies
+
+
+def authorize_policy(scope: Scope, policy: str) -> None:
+    """403 unless the request's API key (as `admit` found it) may use `policy`."""
+    key: ApiKey | None = scope.get("state", {}).get("api_key")
+    if key is not None:
+        key.authorize_policy(policy)
 
 
 bearer = HTTPBearer(
@@ -277,4 +290,4 @@ async def require_api_key(
     _documented: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> None:
     """`admit` as a FastAPI dependency (the `/v1` routes other than chat completions)."""
-    await admit(request.app.state.gateway, request)
+    await admit(request.app.state.gateway, request.scope)

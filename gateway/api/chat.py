@@ -1,104 +1,204 @@
 """`POST /v1/chat/completions`: the route that carries the traffic, as a plain ASGI endpoint.
 
-FastAPI's per-request routing and dependency solving cost more than answering a cache hit (see
-`bench/cache.py`), so this one route does not go through them: `ChatRoute`, the innermost
-middleware, answers it and hands every other request on to FastAPI. It does what FastAPI would
-have done for it, with the same functions: the API key and rate limit (`admit`), the body's
-validation against `ChatCompletionBody` with the same 400 envelope, the error handlers. The route
-is described in the OpenAPI document by `DOCUMENTED_ROUTE`, which is never served.
+A cache hit costs less than FastAPI's own middleware, routing and dependency solving would (see
+`bench/cache.py`), so this path never enters them: `ChatFirst` sends it to `ChatEndpoint`,
+behind the gateway's HTTP edge (`gateway.api.middleware`), and everything else to FastAPI. The
+endpoint does what FastAPI would have done for it, with the same functions: the API key and rate
+limit (`admit`), the body's validation against `ChatCompletionBody` with the same 400 envelope,
+the error envelopes. The route is described in the OpenAPI document by `DOCUMENTED_ROUTE`, which
+is never served.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pydantic
 from fastapi import Depends
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.auth import admit, require_api_key
+from gateway.api.auth import admit, authorize_policy, require_api_key
 from gateway.api.errors import failed_response, http_error_response, validation_error_response
 from gateway.api.schemas import ChatCompletionBody
 from gateway.api.state import GatewayState
 from gateway.api.wire import (
     ChunkWriter,
-    JSONBody,
     completion_body,
-    completion_headers,
+    completion_header_list,
     completion_id,
     decision_headers,
 )
+from gateway.config import LimitSettings
+from gateway.engine.base import ChatRequest
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.pipeline import Completion, CompletionInput, Decided, Final, StreamEvent, TextDelta
 
 log = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
+RECENT_BODIES = 256
+RECENT_BODY_BYTES = 16 * 1024
+"""At most this many request bodies, each at most this long, are remembered parsed (4 MiB)."""
 
 
-class ChatRoute:
-    """Serves `POST /v1/chat/completions`; passes everything else to `app`."""
+class ChatFirst:
+    """Sends `POST /v1/chat/completions` (any method on that path) to `chat`, the rest to `app`."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, chat: ASGIApp, app: ASGIApp) -> None:
+        self.chat = chat
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != CHAT_PATH:
+        if scope["type"] == "http" and scope["path"] == CHAT_PATH:
+            await self.chat(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+
+class ChatEndpoint:
+    """Serves `CHAT_PATH`: POST answers, any other method is a 405.
+
+    `limits` are the app's. Recent valid bodies are remembered with what they parsed to
+    (`RecentBodies`), so a client that repeats a request (what every cache hit is) skips the
+    validation. Nothing else is remembered: the API key, the rate limit, the key's permission for
+    the policy and the decision are checked or looked up on every request.
+    """
+
+    def __init__(self, limits: LimitSettings) -> None:
+        self.limits = limits
+        self.recent = RecentBodies()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             wrong = HTTPException(405, headers={"Allow": "POST"})
             await http_error_response(wrong)(scope, receive, send)
             return
-        request = Request(scope, receive)
+        raw = await _read_body(receive)
+        if raw is None:
+            return  # the client left before its body was in: nobody to answer
+        state: GatewayState = scope["app"].state.gateway
         try:
-            response = await chat_completions(request)
+            response = await self.complete(state, scope, raw)
         except GatewayError as exc:
             response = failed_response(exc)
         await response(scope, receive, send)
 
+    async def complete(self, state: GatewayState, scope: Scope, raw: bytes) -> ASGIApp:
+        """Answer a chat conversation; `model` names the policy."""
+        await admit(state, scope)
+        scope_state: dict[str, Any] = scope["state"]
+        parsed = self.recent.get(raw)
+        if parsed is None:
+            try:
+                body = ChatCompletionBody.model_validate_json(raw)
+            except pydantic.ValidationError as exc:
+                return validation_error_response(exc.errors(include_url=False))
+            scope_state["policy"] = body.model  # for the request metrics, once the body is valid
+            authorize_policy(scope, body.model)
+            chat = self._convert(body)
+            self.recent.put(raw, (body, chat))
+        else:
+            body, chat = parsed
+            scope_state["policy"] = body.model
+            authorize_policy(scope, body.model)
+        inp = CompletionInput(policy=body.model, request=chat, tenant=scope_state.get("tenant"))
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _stream(state, inp, include_usage)
+        started = time.perf_counter()
+        completion = await state.pipeline.complete(inp)
+        state.metrics.stage_latency_of("total").observe(time.perf_counter() - started)
+        _log_content(state, inp, completion)
+        answer = completion_body(completion, request_id=completion_id(), created=int(time.time()))
+        return JSONReply(orjson.dumps(answer), completion_header_list(completion))
 
-async def chat_completions(request: Request) -> Response:
-    """Answer a chat conversation; `model` names the policy."""
-    state: GatewayState = request.app.state.gateway
-    await admit(state, request)
-    try:
-        body = ChatCompletionBody.model_validate_json(await request.body())
-    except pydantic.ValidationError as exc:
-        return validation_error_response(exc.errors(include_url=False))
-    request.state.policy = body.model  # for the request metrics, once the body is valid
-    state.authorize_policy(request, body.model)
-    limits = state.settings.limits
-    if len(body.messages) > limits.max_messages:
-        raise InvalidRequest(
-            f"{len(body.messages)} messages; this gateway accepts at most {limits.max_messages}",
-            param="messages",
+    def _convert(self, body: ChatCompletionBody) -> ChatRequest:
+        limits = self.limits
+        if len(body.messages) > limits.max_messages:
+            raise InvalidRequest(
+                f"{len(body.messages)} messages; this gateway accepts at most "
+                f"{limits.max_messages}",
+                param="messages",
+            )
+        return body.to_request(
+            default_max_tokens=limits.default_max_tokens, max_tokens_cap=limits.max_tokens_cap
         )
-    chat = body.to_request(
-        default_max_tokens=limits.default_max_tokens, max_tokens_cap=limits.max_tokens_cap
-    )
-    tenant: str | None = getattr(request.state, "tenant", None)
-    inp = CompletionInput(policy=body.model, request=chat, tenant=tenant)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream(state, inp, include_usage)
-    started = time.perf_counter()
-    completion = await state.pipeline.complete(inp)
-    state.metrics.stage_latency_of("total").observe(time.perf_counter() - started)
-    _log_content(state, inp, completion)
-    body_json = completion_body(completion, request_id=completion_id(), created=int(time.time()))
-    return JSONBody(body_json, headers=completion_headers(completion))
 
 
-async def _stream(state: GatewayState, inp: CompletionInput, include_usage: bool) -> Response:
+Parsed = tuple[ChatCompletionBody, ChatRequest]
+
+
+class RecentBodies:
+    """The last `size` request bodies of at most `max_bytes` that were valid, with what they
+    parsed to (read only once parsed), least recently used forgotten first."""
+
+    def __init__(self, size: int = RECENT_BODIES, max_bytes: int = RECENT_BODY_BYTES) -> None:
+        self.size = size
+        self.max_bytes = max_bytes
+        self._parsed: OrderedDict[bytes, Parsed] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+    def get(self, raw: bytes) -> Parsed | None:
+        parsed = self._parsed.get(raw)
+        if parsed is not None:
+            self._parsed.move_to_end(raw)
+        return parsed
+
+    def put(self, raw: bytes, parsed: Parsed) -> None:
+        if len(raw) <= self.max_bytes:
+            self._parsed[raw] = parsed
+            if len(self._parsed) > self.size:
+                self._parsed.popitem(last=False)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body; None when the client disconnected first."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+class JSONReply:
+    """A whole JSON response whose headers are bytes already: all a chat answer needs."""
+
+    __slots__ = ("body", "headers")
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.headers = [
+            *headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def _stream(
+    state: GatewayState, inp: CompletionInput, include_usage: bool
+) -> StreamingResponse:
     events = state.pipeline.stream(inp)
     # Pull the first event before answering, so errors before any text are plain HTTP errors
     # and the headers carry the decision whenever it is known before the text.
@@ -166,7 +266,7 @@ async def _documented(body: ChatCompletionBody) -> dict[str, Any]:
     `chat.completion.chunk` events) with one more object, `certainty`: the score, the
     confidence, the policy's action and whether the decision came from the cache.
     """
-    raise NotImplementedError  # never served: `ChatRoute` answers this path
+    raise NotImplementedError  # never served: `ChatEndpoint` answers this path
 
 
 DOCUMENTED_ROUTE = APIRoute(

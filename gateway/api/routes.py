@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from gateway.api.auth import require_api_key
+from gateway.api.auth import allowed_policies, require_api_key
 from gateway.api.state import GatewayState
 
 router = APIRouter()
@@ -31,7 +31,7 @@ api = APIRouter(dependencies=[Depends(require_api_key)])
 async def list_models(request: Request, state: State) -> dict[str, Any]:
     """One entry per policy (the ones the caller's API key may use)."""
     created = int(state.started_at)
-    allowed: frozenset[str] | None = getattr(request.state, "allowed_policies", None)
+    allowed = allowed_policies(request.scope)
     return {
         "object": "list",
         "data": [

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Request
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -53,12 +52,6 @@ class GatewayState:
     def queue_depth(self) -> int:
         source = self.queue_depth_source
         return int(source.queue_depth) if source is not None else 0
-
-    def authorize_policy(self, request: Request, policy: str) -> None:
-        """Hook for per-key policy permissions (see `gateway.api.auth`)."""
-        check = getattr(request.state, "authorize_policy", None)
-        if check is not None:
-            check(policy)
 
     async def readiness(self) -> dict[str, Any]:
         problems = await self.engine_check() if self.engine_check is not None else []

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 
 from gateway.certainty import Certainty, ScoreResult
 from gateway.pipeline import Completion, Decided
@@ -54,6 +53,12 @@ def completion_headers(completion: Completion) -> dict[str, str]:
     }
 
 
+def completion_header_list(completion: Completion) -> list[tuple[bytes, bytes]]:
+    """`completion_headers` as ASGI wants them."""
+    headers = completion_headers(completion)
+    return [(name.encode(), value.encode()) for name, value in headers.items()]
+
+
 def completion_body(completion: Completion, *, request_id: str, created: int) -> dict[str, Any]:
     return {
         "id": request_id,
@@ -72,15 +77,6 @@ def completion_body(completion: Completion, *, request_id: str, created: int) ->
         "system_fingerprint": None,
         "certainty": completion.certainty_object(),
     }
-
-
-class JSONBody(Response):
-    """`JSONResponse`, serialized by orjson (UTF-8, compact, the same JSON)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 class ChunkWriter:

@@ -184,6 +184,17 @@ def test_a_key_may_use_only_the_policies_in_its_list(
     assert {m["id"] for m in models["data"]} == {"granite", "refuse"}
 
 
+def test_a_body_served_before_is_checked_again_for_each_key(
+    make_client: Callable[..., TestClient], key_file: Path
+) -> None:
+    """The chat endpoint remembers parsed bodies; the key and its policy list are never skipped."""
+    client = make_client(auth={"api_keys_file": key_file})
+    assert ask(client, OTHER_KEY, model="ask-large").status_code == 200
+    assert ask(client, KEY, model="ask-large").status_code == 403
+    assert ask(client, None, model="ask-large").status_code == 401
+    assert ask(client, OTHER_KEY, model="ask-large").headers["x-gateway-cache"] == "hit"
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

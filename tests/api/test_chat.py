@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from gateway.api.chat import RecentBodies
+from gateway.api.schemas import ChatCompletionBody
+from gateway.engine.base import ChatRequest, Message
 from tests.api.conftest import FakeEscalator
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -312,3 +315,30 @@ def test_reload_with_a_bad_file_keeps_serving_the_last_good_policies(
     (policies_dir / "refuse.yaml").write_text("name: refuse\nreturn_at: 0.0\n")
     assert state.policies.reload() is True
     assert ask(client, "refuse").json()["certainty"]["action"] == "return"
+
+
+def test_recent_bodies_are_bounded_in_number_and_size() -> None:
+    recent = RecentBodies(size=2, max_bytes=200)
+    bodies = [
+        json.dumps({"model": "granite", "messages": [{"role": "user", "content": f"q{i}"}]})
+        for i in range(3)
+    ]
+    parsed = [
+        (
+            ChatCompletionBody.model_validate_json(body),
+            ChatRequest(messages=(Message(role="user", content=f"q{i}"),)),
+        )
+        for i, body in enumerate(bodies)
+    ]
+    recent.put(bodies[0].encode(), parsed[0])
+    recent.put(bodies[1].encode(), parsed[1])
+    assert recent.get(bodies[0].encode()) is parsed[0]  # now the most recently used
+    recent.put(bodies[2].encode(), parsed[2])
+    assert len(recent) == 2
+    assert recent.get(bodies[1].encode()) is None  # the least recently used went
+    assert recent.get(bodies[0].encode()) is parsed[0]
+    long = json.dumps({"model": "granite", "messages": [{"role": "user", "content": "x" * 300}]})
+    recent.put(long.encode(), parsed[0])
+    assert recent.get(long.encode()) is None
+    assert len(recent) == 2
+
