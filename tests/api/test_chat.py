@@ -341,4 +341,3 @@ def test_recent_bodies_are_bounded_in_number_and_size() -> None:
     recent.put(long.encode(), parsed[0])
     assert recent.get(long.encode()) is None
     assert len(recent) == 2
-
