@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -27,6 +28,9 @@ from gateway.metrics import Metrics
 from gateway.policy import Action, Policy, PolicyStore, decide, policy_confidence
 
 log = logging.getLogger(__name__)
+
+DECODED_HITS = 256
+"""How many cached decisions are kept decoded (by their bytes) for the hits that follow."""
 
 
 class AsyncEngine(Protocol):
@@ -235,6 +239,8 @@ class Pipeline:
         self.cache_ttl_s = cache_ttl_s
         self.flights = flights or SingleFlight(cache, ttl_s=cache_ttl_s)
         self.metrics = metrics or Metrics()
+        # Hits on a popular entry bring the same bytes again and again: decode each once.
+        self._decode = functools.lru_cache(maxsize=DECODED_HITS)(Completion.from_json)
 
     def policy(self, name: str) -> Policy:
         policy = self.policies.current.get(name)
@@ -275,7 +281,7 @@ class Pipeline:
         """A cached decision, counted as a hit; None (counted as an error) for an entry this
         gateway cannot read, which the caller decides afresh and overwrites."""
         try:
-            completion = Completion.from_json(raw)
+            completion = self._decode(raw)
         except (ValueError, KeyError, TypeError):
             log.warning("replacing an unreadable cache entry")
             self.metrics.cache_error.inc()
