@@ -251,7 +251,8 @@ class Pipeline:
             )
         return policy
 
-    def _key(self, policy: Policy, inp: CompletionInput) -> str | None:
+    def key(self, policy: Policy, inp: CompletionInput) -> str | None:
+        """The cache key of `inp` under `policy`; None when the request is not cached."""
         sampling = inp.request.sampling
         if not policy.cache or not is_cacheable(
             sampling.temperature, sampling.seed, policy.cache_sampled
@@ -298,7 +299,7 @@ class Pipeline:
     async def complete(self, inp: CompletionInput) -> Completion:
         policy = self.policy(inp.policy)
         inp = self._capped(policy, inp)
-        key = self._key(policy, inp)
+        key = self.key(policy, inp)
         if key is None:
             return await self._decide(policy, inp)
 
@@ -413,7 +414,7 @@ class Pipeline:
         """
         policy = self.policy(inp.policy)
         inp = self._capped(policy, inp)
-        key = self._key(policy, inp)
+        key = self.key(policy, inp)
         hit = await self._lookup(key)
         if hit is not None:
             self._observe(hit, None)
