@@ -46,11 +46,12 @@ log = logging.getLogger(__name__)
 CHAT_PATH = "/v1/chat/completions"
 RECENT_BODIES = 256
 RECENT_BODY_BYTES = 16 * 1024
-"""At most this many request bodies, each at most this long, are remembered parsed (4 MiB)."""
+"""At most this many request bodies, each at most this long, are remembered parsed (4 MiB of
+bodies at most, and what they parsed to)."""
 
 
 class ChatFirst:
-    """Sends `POST /v1/chat/completions` (any method on that path) to `chat`, the rest to `app`."""
+    """Sends every request for `CHAT_PATH` to `chat`, every other one to `app`."""
 
     def __init__(self, chat: ASGIApp, app: ASGIApp) -> None:
         self.chat = chat
@@ -163,19 +164,14 @@ class RecentBodies:
 
 async def _read_body(receive: Receive) -> bytes | None:
     """The whole request body; None when the client disconnected first."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        return None
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    while message.get("more_body", False):
+    chunks = []
+    while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
         chunks.append(message.get("body", b""))
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 class JSONReply:
