@@ -80,6 +80,16 @@ def test_a_body_streamed_without_a_length_is_counted(
     assert client.post("/v1/chat/completions", json=CHAT).status_code == 200  # small ones pass
 
 
+def test_a_body_that_arrives_in_pieces_is_answered_whole(client: TestClient) -> None:
+    whole = json.dumps(CHAT).encode()
+    pieces = [whole[i : i + 7] for i in range(0, len(whole), 7)]
+    response = client.post(
+        "/v1/chat/completions", content=iter(pieces), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert response.json()["certainty"]["policy"] == CHAT["model"]
+
+
 def test_the_body_limit_counts_every_chunk_and_never_calls_the_app() -> None:
     called = False
 
