@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from soak import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = {
@@ -122,13 +122,6 @@ STACKS = {"uvloop + httptools": ("uvloop", "httptools"), "asyncio + h11": ("asyn
 """uvicorn's event loop and HTTP parser: the first is what `serve` runs (and is judged), the
 second the pure-Python stack, where the server itself costs several times more per request."""
 JUDGED = next(iter(STACKS))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 180) -> None:

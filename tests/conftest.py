@@ -1,13 +1,15 @@
-"""Shared fixtures: the miniature Granite model, built once per test session."""
+"""Shared fixtures: the miniature Granite model, built once per test session; a redis-server."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.engine.local import LocalEngine, ModelSource
 from gateway.engine.tiny import make_tiny_model
+from tests.servers import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +29,12 @@ def tiny_source(tiny_model_dir: Path) -> ModelSource:
 def engine(tiny_source: ModelSource) -> LocalEngine:
     """The real local engine on the miniature model (CPU, float32)."""
     return LocalEngine.load(tiny_source, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, on a free port."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

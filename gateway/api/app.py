@@ -20,12 +20,7 @@ from gateway import __version__
 from gateway.api.auth import KeyRing, reload_keys
 from gateway.api.chat import DOCUMENTED_ROUTE, ChatEndpoint, ChatFirst
 from gateway.api.errors import install_error_handlers
-from gateway.api.middleware import (
-    BodyLimitMiddleware,
-    CancelOnDisconnectMiddleware,
-    RequestContextMiddleware,
-    edge,
-)
+from gateway.api.middleware import edge
 from gateway.api.routes import router
 from gateway.api.state import GatewayState, StateCollector
 from gateway.cache import build_cache, build_single_flight
@@ -85,11 +80,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     _document(app, DOCUMENTED_ROUTE)
-    # Outermost last: request id and metrics, the body limit, cancel-on-disconnect (the same edge
-    # as the chat route's, see `GatewayAPI`).
-    app.add_middleware(CancelOnDisconnectMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(edge, max_body_bytes=settings.limits.max_body_bytes)  # as the chat route's
     return app
 
 

@@ -57,7 +57,8 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def edge(app: ASGIApp, *, max_body_bytes: int) -> ASGIApp:
-    """`app` behind the three layers of the edge, in their order."""
+    """`app` behind the three layers this module describes, outermost first (also a middleware
+    factory for `add_middleware`)."""
     inner = BodyLimitMiddleware(CancelOnDisconnectMiddleware(app), max_bytes=max_body_bytes)
     return RequestContextMiddleware(inner)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from gateway.config import CacheSettings
 from tests.api.conftest import FakeEscalator
-from tests.cache.conftest import RedisServer
+from tests.servers import RedisServer
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -147,14 +147,6 @@ def test_concurrent_identical_misses_compute_once(client: TestClient) -> None:
     assert all(r.status_code == 200 for r in responses)
     assert worker.rows_run - before == 2  # one answer row and one score row
     assert len({r.json()["choices"][0]["message"]["content"] for r in responses}) == 1
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from gateway.engine.base import ChatRequest
 from gateway.engine.local import LocalEngine
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, build_rate_limiter
 from tests.api.conftest import FakeEscalator
-from tests.cache.conftest import RedisServer
+from tests.servers import RedisServer, free_port
 from tests.waiting import wait_until
 
 KEY = "sk-test-alpha-0123456789"
@@ -167,21 +166,6 @@ def test_gcra_allows_a_burst_then_one_request_per_interval() -> None:
     assert set(limiter._arrivals) == {"k"}  # the idle key was forgotten
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 def _limiter(url: str, timeout_s: float = 0.5) -> RateLimiter:
     limits = LimitSettings(requests_per_minute=60, rate_limit_burst=2)
     limiter = build_rate_limiter(limits, CacheSettings(url=url, timeout_s=timeout_s))
@@ -208,7 +192,7 @@ def test_replicas_share_each_keys_allowance_through_redis(redis_server: RedisSer
 
 def test_a_dead_redis_limits_in_process_and_shows_degraded() -> None:
     async def run() -> tuple[list[float], str]:
-        limiter = _limiter(f"redis://127.0.0.1:{_free_port()}/0", timeout_s=0.05)
+        limiter = _limiter(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.05)
         try:
             waits = [await limiter.acquire("k") for _ in range(3)]
             for i in range(5):  # enough failures in a row to open the circuit

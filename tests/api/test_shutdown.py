@@ -5,11 +5,8 @@ the process exits 0, and its JSON log lines hold neither the API key nor the pro
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.e2e.harness import tiny_model
+from tests.e2e.harness import serving, tiny_model
 from tests.e2e.upstream import ANSWER, _completion
 
 KEY = "sk-test-shutdown-0123456789"
@@ -75,13 +71,6 @@ class GatedUpstream:
         self.server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def upstream() -> Iterator[GatedUpstream]:
     with GatedUpstream() as server:
@@ -117,33 +106,8 @@ def gateway(
             ],
         },
     }
-    config_file = tmp_path / "gateway.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    command = [sys.executable, "-m", "gateway", "serve", "--config", str(config_file)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "not ready in time:\n" + log.read_text()
-            try:
-                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        yield process, url, log
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with serving(config, tmp_path) as server:
+        yield server.process, server.url, server.log
 
 
 def _ask(url: str, seed: int) -> httpx.Response:

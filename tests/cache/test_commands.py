@@ -7,8 +7,8 @@ import pytest
 import redis
 
 from gateway.cli import main
-from tests.cache.conftest import RedisServer, _free_port
 from tests.cache.helpers import redis_cache
+from tests.servers import RedisServer, free_port
 
 
 def _fill(url: str, prefix: str, keys: list[str]) -> None:
@@ -65,7 +65,7 @@ def test_cache_clear_without_url_explains_the_cache_is_in_process(
 def test_cache_clear_with_redis_down_fails_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("GATEWAY_CACHE__URL", f"redis://:pw-xyz@127.0.0.1:{_free_port()}/0")
+    monkeypatch.setenv("GATEWAY_CACHE__URL", f"redis://:pw-xyz@127.0.0.1:{free_port()}/0")
     assert main(["cache", "clear", "--policy", "guard"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("certainty-gateway: error: cannot clear the cache at redis://127.0.0.1:")

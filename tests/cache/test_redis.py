@@ -13,8 +13,8 @@ from gateway.cache.memory import MemoryCache
 from gateway.cache.redis import RedisCache
 from gateway.config import CacheSettings
 from gateway.errors import ConfigError
-from tests.cache.conftest import RedisServer
 from tests.cache.helpers import PREFIX, Decisions, expected, flights_over, redis_cache
+from tests.servers import RedisServer
 
 
 def _key(policy: str = "cascade", tenant: str | None = "key-1") -> str:
@@ -239,10 +239,10 @@ def test_replica_computes_itself_when_the_lock_holder_fails(redis_server: RedisS
 
 
 def test_unreachable_redis_is_a_miss_and_degraded() -> None:
-    from tests.cache.conftest import _free_port
+    from tests.servers import free_port
 
     async def scenario() -> None:
-        cache = redis_cache(f"redis://127.0.0.1:{_free_port()}/0")
+        cache = redis_cache(f"redis://127.0.0.1:{free_port()}/0")
         flights = flights_over(cache)
         decisions = Decisions()
         key = _key()

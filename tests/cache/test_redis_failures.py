@@ -11,8 +11,8 @@ import pytest
 
 from gateway.cache.redis import RedisCache
 from gateway.cache.singleflight import SingleFlight
-from tests.cache.conftest import RedisServer
 from tests.cache.helpers import TIMEOUT_S, Decisions, expected, flights_over, redis_cache
+from tests.servers import RedisServer
 
 CALLS = 50
 KEYS = 25  # two callers per key: single flight is in play too

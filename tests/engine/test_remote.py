@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -28,6 +27,7 @@ from gateway.engine.remote import (
 from gateway.errors import ContextLengthExceeded
 from gateway.escalation import EscalationDelta, EscalationReply
 from tests.engine.vllm_stub import ADAPTER_MODEL, BASE_MODEL, VLLMStub
+from tests.servers import free_port
 
 T = TypeVar("T")
 
@@ -79,12 +79,6 @@ async def connected(url: str, tiny_model_dir: Path, **engine: Any) -> AsyncItera
         yield remote
     finally:
         await remote.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------- answers

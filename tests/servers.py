@@ -1,4 +1,5 @@
-"""A real redis-server per test, on a free port, that tests may kill, freeze and restart."""
+"""Real servers for tests: a free port to put one on, and a redis-server that tests may kill,
+freeze and restart."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
-
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -24,7 +22,7 @@ class RedisServer:
     """One redis-server process; `password` turns on `requirepass`."""
 
     def __init__(self, workdir: Path, password: str | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.password = password
         self._workdir = workdir
         self._process: subprocess.Popen[bytes] | None = None
@@ -88,11 +86,3 @@ class RedisServer:
             assert self._running().poll() is None, "redis-server exited at start"
             time.sleep(0.02)
         raise AssertionError("redis-server did not answer PING within 10 s")
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
