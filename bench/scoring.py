@@ -169,11 +169,16 @@ def certainty_prompt(engine: Any, target_tokens: int) -> list[int]:
     return prompt
 
 
+DEVICE = "cpu"
+"""`--device`, as the child processes were told it."""
+
+
 def load_engine(model_dir: Path, dtype_name: str) -> Any:
+    """The engine as `serve` builds it on `DEVICE`: on CUDA, static cache and CUDA graphs."""
     from gateway.engine.local import LocalEngine, ModelSource
 
     source = ModelSource(base=str(model_dir / "base"), adapter=str(model_dir / "adapter"))
-    return LocalEngine.load(source, device="cpu", dtype=dtype_name)  # type: ignore[arg-type]
+    return LocalEngine.load(source, device=DEVICE, dtype=dtype_name, decoder="auto")  # type: ignore[arg-type]
 
 
 def child_time(model_dir: Path, dtype_name: str, runs: int, prompt_tokens: int) -> dict[str, Any]:
@@ -249,6 +254,9 @@ def engine_facts(engine: Any) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
         "cpu_bf16": cpu_supports_bf16(),
+        "device": str(engine.device),
+        "decoder": type(engine.decoder).__name__,
+        "graphs": bool(getattr(engine.decoder, "use_graphs", False)),
     }
 
 
@@ -315,6 +323,8 @@ def child_baseline() -> dict[str, Any]:
 
 
 def run_child(args: argparse.Namespace) -> int:
+    global DEVICE
+    DEVICE = args.device
     model_dir = Path(args.model_dir)
     result: dict[str, Any]
     sampler = AnonSampler() if args.child in ("engine", "seed", "baseline") else None
@@ -353,6 +363,8 @@ def spawn(kind: str, args: argparse.Namespace, model_dir: Path) -> dict[str, Any
         str(args.layers),
         "--seed",
         str(args.seed),
+        "--device",
+        args.device,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in done.stdout.splitlines():
@@ -380,7 +392,9 @@ def report(
         "certainty scoring benchmark (bench/scoring.py, issue 2 item 7)",
         f"date: {time.strftime('%Y-%m-%d %H:%M')}   machine: {cpu_name()}, "
         f"{os.cpu_count()} CPUs, torch threads {facts['threads']}, "
-        f"dtype {facts['dtype']} (CPU bf16: {'yes' if facts['cpu_bf16'] else 'no'})",
+        f"dtype {facts['dtype']} (CPU bf16: {'yes' if facts['cpu_bf16'] else 'no'}), "
+        f"device {facts.get('device', 'cpu')}, decoder {facts.get('decoder', '?')}, "
+        f"CUDA graphs {'used' if facts.get('graphs') else 'not used'}",
         f"model: GraniteMoeHybrid, {args.layers} layers (real: 40), hidden {HIDDEN}, "
         f"heads {HEADS}/{KV_HEADS} kv, vocab {VOCAB}, MLP {INTERMEDIATE}, random weights; "
         f"LoRA r={RANK} alpha={2 * RANK} on 6 modules",
@@ -517,6 +531,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--model-dir",
         default=None,
         help="reuse (or create) the model folder here instead of a temporary one",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["auto", "cpu", "cuda"],
+        help="where the engine runs (cuda: static KV cache + CUDA graphs, as `serve` does)",
     )
     parser.add_argument("--skip-memory", action="store_true", help="time only")
     parser.add_argument("--skip-time", action="store_true", help="memory only")

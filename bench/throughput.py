@@ -167,7 +167,8 @@ def report(args: argparse.Namespace, results: list[Result], facts: dict[str, Any
     lines = [
         "local engine throughput benchmark (bench/throughput.py, issue 7 item 2)",
         f"date: {time.strftime('%Y-%m-%d %H:%M')}   machine: {cpu_name()}, {os.cpu_count()} CPUs, "
-        f"torch threads {facts['threads']}, dtype {facts['dtype']}",
+        f"torch threads {facts['threads']}, dtype {facts['dtype']}, device {facts['device']}, "
+        f"decoder {facts['decoder']}, CUDA graphs {'used' if facts['graphs'] else 'not used'}",
         f"model: GraniteMoeHybrid, {args.layers} layers (real: 40), hidden {HIDDEN}, heads "
         f"{HEADS}/{KV_HEADS} kv, vocab {VOCAB}, MLP {INTERMEDIATE}, random weights; "
         f"LoRA r={RANK} on 6 modules",
@@ -247,6 +248,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     parser.add_argument("--model-dir", default=None, help="reuse (or create) the model folder here")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["auto", "cpu", "cuda"],
+        help="where the engine runs (cuda: static KV cache + CUDA graphs, as `serve` does)",
+    )
+    parser.add_argument("--no-graphs", action="store_true", help="the eager decoder even on CUDA")
     return parser.parse_args(argv)
 
 
@@ -264,7 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.engine.local import LocalEngine, ModelSource
 
         source = ModelSource(base=str(model_dir / "base"), adapter=str(model_dir / "adapter"))
-        engine = LocalEngine.load(source, device="cpu", dtype=args.dtype)
+        engine = LocalEngine.load(
+            source,
+            device=args.device,
+            dtype=args.dtype,
+            decoder="eager" if args.no_graphs else "auto",
+            max_batch_size=args.max_batch_size,
+        )
         # Warm-up: one answer and one score, batched and not.
         warm = ChatRequest(
             messages=(Message(role="user", content=QUESTIONS[0]),),
@@ -273,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         engine.generate(warm)
         engine.score(warm.messages, "Paris.")
         facts = {
+            "device": str(engine.device),
+            "decoder": type(engine.decoder).__name__,
+            "graphs": bool(getattr(engine.decoder, "use_graphs", False)),
             "threads": torch.get_num_threads(),
             "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
             "load_before": os.getloadavg()[0],

@@ -58,6 +58,11 @@ class EngineSettings(_Section):
 
     kind: Literal["local", "vllm"] = "local"
     max_batch_size: int = Field(default=8, ge=1)
+    # On a CUDA device: a preallocated KV cache of max_batch_size rows of max_context tokens
+    # (which also bounds a request's context), every decoding step replayed from a CUDA graph.
+    # false: the model's own eager forward (the CPU path).
+    cuda_graphs: bool = True
+    max_context: int = Field(default=4096, ge=16)
     batch_wait_ms: float = Field(default=5.0, ge=0)
     queue_size: int = Field(default=64, ge=1)
     vllm_base_url: str | None = None

@@ -203,7 +203,7 @@ async def _build_state(
         if engine is None:
             from gateway.engine.factory import engine_from_settings
 
-            engine = await asyncio.to_thread(engine_from_settings, settings.model)
+            engine = await asyncio.to_thread(engine_from_settings, settings.model, settings.engine)
         worker = EngineWorker(
             engine,
             max_batch_size=settings.engine.max_batch_size,

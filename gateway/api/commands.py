@@ -55,7 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _with_address(settings, args.host, args.port)
     # Fail before binding the port, with one line: bad policies, then the model.
     load_policies(settings.policies_dir)
-    engine = engine_from_settings(settings.model) if settings.engine.kind == "local" else None
+    engine = (
+        engine_from_settings(settings.model, settings.engine)
+        if settings.engine.kind == "local"
+        else None
+    )
     app = create_app(settings, engine=engine)
     server = uvicorn.Server(uvicorn_config(app, settings))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config import ModelSettings, load_settings
+from gateway.config import EngineSettings, ModelSettings, load_settings
 from gateway.engine.local import LocalEngine, ModelSource
 
 
@@ -18,13 +18,19 @@ def source_from_settings(model: ModelSettings) -> ModelSource:
     )
 
 
-def engine_from_settings(model: ModelSettings) -> LocalEngine:
+def engine_from_settings(model: ModelSettings, engine: EngineSettings | None = None) -> LocalEngine:
+    """The local engine of `model`; on a CUDA device, with `engine`'s static KV cache and CUDA
+    graphs unless `engine.cuda_graphs` is off."""
+    engine = engine or EngineSettings()
     return LocalEngine.load(
         source_from_settings(model),
         device=model.device,
         dtype=model.dtype,
         scoring_mode=model.scoring_mode,
         max_context=model.max_context,
+        decoder="auto" if engine.cuda_graphs else "eager",
+        max_batch_size=engine.max_batch_size,
+        static_context=engine.max_context,
     )
 
 
@@ -46,4 +52,4 @@ def load_local_engine(
                 "adapter_subfolder": adapter_subfolder,
             }
         )
-    return engine_from_settings(model)
+    return engine_from_settings(model, settings.engine)

@@ -1,0 +1,165 @@
+"""One decoding row and what happens to it each step, whichever decoder runs the model.
+
+A decoder (`gateway.engine.eager` or `gateway.engine.static`) turns the model's last-position
+logits into one token per row with `RowStepper.pick_all`, then hands each token to
+`RowStepper.advance`: the row's text, its stop strings, its length and context limits, and the
+text it may stream. Both decoders share this, so they stop, sample and stream alike.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gateway.engine.base import FinishReason, Generation, SamplingParams, TextCallback
+
+
+@dataclass
+class DecodeRow:
+    """One sequence in a decoding batch."""
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    adapter: bool
+    on_text: TextCallback | None = None
+    on_done: Callable[[Generation], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: FinishReason | None = None
+    generator: torch.Generator | None = None
+
+    def result(self) -> Generation:
+        return Generation(
+            text=self.text,
+            finish_reason=self.finish_reason or "length",
+            prompt_tokens=len(self.prompt_ids),
+            completion_tokens=len(self.generated),
+        )
+
+    def was_cancelled(self) -> bool:
+        return self.cancelled is not None and self.cancelled()
+
+
+class RowStepper:
+    """Token choice and stop conditions, for the rows of one engine."""
+
+    def __init__(self, tokenizer: object, *, eos_id: int, max_context: int) -> None:
+        self.tokenizer = tokenizer
+        self.eos_id = eos_id
+        self.max_context = max_context
+
+    @staticmethod
+    def seed(rows: Sequence[DecodeRow], device: torch.device) -> None:
+        """A random generator for each sampled row (seeded by its `seed` when it has one)."""
+        for row in rows:
+            if row.sampling.greedy:
+                continue
+            row.generator = torch.Generator(device=device)
+            seed = row.sampling.seed
+            row.generator.manual_seed(seed if seed is not None else random.getrandbits(63))
+
+    def pick_all(self, logits: torch.Tensor, rows: Sequence[DecodeRow]) -> list[int]:
+        """One token per row from `logits` (rows, vocabulary): the greedy rows in one arg-max
+        (one device-to-host copy for all of them), the sampled rows each with its settings."""
+        greedy = logits.argmax(dim=-1).tolist()
+        return [
+            int(greedy[i]) if row.sampling.greedy else self._sample(logits[i].float(), row)
+            for i, row in enumerate(rows)
+        ]
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, row: DecodeRow) -> int:
+        sampling = row.sampling
+        probs = torch.softmax(logits / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            cumulative = torch.cumsum(sorted_probs, dim=-1)
+            drop = cumulative - sorted_probs > sampling.top_p
+            sorted_probs[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=row.generator).item())
+
+    def advance(self, row: DecodeRow, token: int) -> None:
+        """Record one token: update the text, apply stop conditions, stream what is final."""
+        if token == self.eos_id:
+            row.finish_reason = "stop"
+            emit(row, final=True)
+            return
+        row.generated.append(token)
+        row.text = self.tokenizer.decode(row.generated, skip_special_tokens=True)  # type: ignore[attr-defined]
+        for stop in row.sampling.stop:
+            at = row.text.find(stop)
+            if at >= 0:
+                row.text = row.text[:at]
+                row.finish_reason = "stop"
+        if row.finish_reason is None and len(row.generated) >= row.sampling.max_tokens:
+            row.finish_reason = "length"
+        if row.finish_reason is None and self.context_full(row):
+            row.finish_reason = "length"
+        emit(row, final=row.finish_reason is not None)
+
+    def context_full(self, row: DecodeRow) -> bool:
+        return len(row.prompt_ids) + len(row.generated) >= self.max_context
+
+    def step(self, rows: Sequence[DecodeRow], logits: torch.Tensor) -> list[int]:
+        """Advance every row by its token; returns the indices of the rows still decoding.
+
+        A cancelled row stops without a result; a finished one gets its `on_done`.
+        """
+        tokens = self.pick_all(logits, rows)
+        keep: list[int] = []
+        for i, row in enumerate(rows):
+            if row.was_cancelled():
+                continue
+            self.advance(row, tokens[i])
+            if row.finish_reason is not None:
+                if row.on_done is not None:
+                    row.on_done(row.result())
+                continue
+            keep.append(i)
+        return keep
+
+
+def emit(row: DecodeRow, *, final: bool) -> None:
+    """Send the text that can no longer change: not a partial character or stop string."""
+    if row.on_text is None:
+        return
+    end = len(row.text)
+    if not final:
+        if row.text.endswith("\ufffd"):
+            end = len(row.text.rstrip("\ufffd"))
+        for stop in row.sampling.stop:
+            for k in range(min(len(stop) - 1, end), 0, -1):
+                if row.text[:end].endswith(stop[:k]):
+                    end -= k
+                    break
+    if end > row.emitted:
+        row.on_text(row.text[row.emitted : end])
+        row.emitted = end
+
+
+PAD_SLACK = 1.25
+"""A prefill group's padded tokens may exceed its real tokens by at most this factor."""
+
+
+def length_groups(lengths: Sequence[int], slack: float = PAD_SLACK) -> list[list[int]]:
+    """Indices grouped for padded passes: by length, a new group when padding would exceed
+    `slack` times the group's real tokens. Similar lengths stay one group."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        length = lengths[index]
+        if current and (len(current) + 1) * length > slack * (real + length):
+            groups.append(current)
+            current, real = [], 0
+        current.append(index)
+        real += length
+    if current:
+        groups.append(current)
+    return groups

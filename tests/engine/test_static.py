@@ -1,0 +1,203 @@
+"""The static decoder (preallocated KV cache, the path CUDA graphs replay) against the eager one.
+
+On this CPU the static decoder runs its decoding step eagerly: the same function a CUDA graph
+captures (`granite.decode_step`), with the same shapes. Its tokens and scores must be the eager
+decoder's (transformers + PEFT) for the same rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gateway.engine.base import ChatRequest, Message, SamplingParams
+from gateway.engine.granite import GraniteWeights, StaticKV, Unsupported
+from gateway.engine.local import DecodeRow, LocalEngine
+from gateway.engine.static import StaticDecoder, batch_buckets, context_buckets
+from gateway.errors import ContextLengthExceeded
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "hi",
+    "Which ocean is the largest on the earth, and why is it so large compared to the others?",
+    "Who wrote the first document about the river and the mountain?",
+    "a b c",
+    "When was the city of rome built and by which people?",
+]
+
+
+def _static(engine: LocalEngine, *, rows: int = 4, context: int = 256) -> LocalEngine:
+    return LocalEngine(
+        engine.model,
+        engine.tokenizer,
+        source=engine.source,
+        decoder="static",
+        max_batch_size=rows,
+        static_context=context,
+    )
+
+
+@pytest.fixture(scope="module")
+def static(engine: LocalEngine) -> LocalEngine:
+    return _static(engine)
+
+
+def _rows(engine: LocalEngine, adapters: list[bool], max_tokens: list[int]) -> list[DecodeRow]:
+    rows = []
+    for i, (adapter, tokens) in enumerate(zip(adapters, max_tokens, strict=True)):
+        request = ChatRequest(
+            messages=(Message("user", QUESTIONS[i % len(QUESTIONS)]),),
+            sampling=SamplingParams(max_tokens=tokens, temperature=0.0),
+        )
+        rows.append(DecodeRow(engine.answer_prompt(request), request.sampling, adapter=adapter))
+    return rows
+
+
+def _tokens(engine: LocalEngine, rows: list[DecodeRow]) -> list[list[int]]:
+    engine.decode(rows)
+    return [row.generated for row in rows]
+
+
+def test_static_decoder_is_chosen_for_cuda_only_by_default(engine: LocalEngine) -> None:
+    auto = LocalEngine(engine.model, engine.tokenizer, source=engine.source, decoder="auto")
+    assert type(auto.decoder).__name__ == "EagerDecoder"  # this machine's device is the CPU
+
+
+def test_greedy_tokens_equal_the_eager_decoders_for_mixed_rows_of_every_length(
+    engine: LocalEngine, static: LocalEngine
+) -> None:
+    # More rows than slots (6 > 4), adapter and base rows mixed, rows leaving at different
+    # steps: slots are reused and the last row moves into each freed slot.
+    adapters = [False, True, False, True, True, False]
+    lengths = [3, 12, 7, 1, 20, 9]
+    eager = _tokens(engine, _rows(engine, adapters, lengths))
+    assert _tokens(static, _rows(static, adapters, lengths)) == eager
+    assert any(len(tokens) > 4 for tokens in eager)
+
+
+def test_rows_that_join_between_steps_decode_as_they_would_alone(
+    engine: LocalEngine, static: LocalEngine
+) -> None:
+    first = _rows(static, [False, False], [16, 4])
+    joining = _rows(static, [True, False, False], [6, 10, 3])
+    pending = [joining]
+
+    def admit(free: int) -> list[DecodeRow]:
+        if not pending or len(first[1].generated) < 2:
+            return []
+        taken = pending.pop()
+        assert free >= 2
+        return taken
+
+    static.decode(first, admit=admit, max_rows=4)  # 3 more than 2 free slots: they wait
+    alone = _rows(engine, [False, False, True, False, False], [16, 4, 6, 10, 3])
+    assert [r.generated for r in first + joining] == _tokens(engine, alone)
+
+
+def test_certainty_distribution_equals_the_eager_one(
+    engine: LocalEngine, static: LocalEngine
+) -> None:
+    prompts = [row.prompt_ids for row in _rows(engine, [True] * 5, [1] * 5)]
+    eager = engine.digit_distributions(prompts)
+    ours = static.digit_distributions(prompts)
+    for a, b in zip(eager, ours, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+        assert sum(b) == pytest.approx(1.0)
+
+
+def test_bfloat16_certainty_matches_eager_within_a_thousandth(engine: LocalEngine) -> None:
+    bf16 = LocalEngine.load(engine.source, device="cpu", dtype="bfloat16")
+    static = _static(bf16)
+    prompts = [row.prompt_ids for row in _rows(bf16, [True] * 4, [1] * 4)]
+    for a, b in zip(
+        bf16.digit_distributions(prompts), static.digit_distributions(prompts), strict=True
+    ):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-3
+
+
+def test_stop_strings_streaming_and_cancellation_work_on_the_static_path(
+    engine: LocalEngine, static: LocalEngine
+) -> None:
+    eager_row = _rows(engine, [False], [24])[0]
+    engine.decode([eager_row])
+    assert len(eager_row.text) > 6
+    stop = eager_row.text[3:6]
+    pieces: list[str] = []
+    row = _rows(static, [False], [24])[0]
+    row.sampling = SamplingParams(max_tokens=24, temperature=0.0, stop=(stop,))
+    row.on_text = pieces.append
+    steps = 0
+
+    def cancelled() -> bool:
+        nonlocal steps
+        steps += 1
+        return steps > 3
+
+    gone = _rows(static, [False], [24])[0]
+    gone.cancelled = cancelled
+    static.decode([row, gone])
+    assert row.finish_reason == "stop"
+    assert row.text == eager_row.text[: eager_row.text.index(stop)]
+    assert "".join(pieces) == row.text
+    assert gone.finish_reason is None  # stopped without a result
+    assert len(gone.generated) <= 3
+
+
+def test_sampled_rows_with_a_seed_repeat(static: LocalEngine) -> None:
+    def sampled() -> list[int]:
+        row = _rows(static, [False], [12])[0]
+        row.sampling = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=7)
+        static.decode([row])
+        return row.generated
+
+    assert sampled() == sampled()
+
+
+def test_the_static_cache_bounds_the_context(engine: LocalEngine) -> None:
+    small = _static(engine, rows=2, context=32)
+    assert small.max_context == 32
+    long = ChatRequest(messages=(Message("user", " ".join(["word"] * 40)),))
+    with pytest.raises(ContextLengthExceeded):
+        small.answer_prompt(long)
+
+
+def test_buckets_cover_every_batch_size_and_context() -> None:
+    assert batch_buckets(8) == (1, 2, 4, 8)
+    assert batch_buckets(12) == (1, 2, 4, 8, 12)
+    assert context_buckets(4096) == (256, 512, 1024, 2048, 4096)
+    assert context_buckets(300) == (256, 300)
+
+
+def test_the_step_runs_eagerly_without_cuda(static: LocalEngine) -> None:
+    decoder = static.decoder
+    assert isinstance(decoder, StaticDecoder)
+    assert not decoder.use_graphs
+    before = decoder.steps_eager
+    static.decode(_rows(static, [False], [4]))
+    assert decoder.steps_eager > before
+    assert decoder.steps_replayed == 0
+
+
+def test_a_model_of_another_shape_is_refused(engine: LocalEngine) -> None:
+    class NotGranite(torch.nn.Module):
+        config = type("Config", (), {"model_type": "llama"})()
+
+    with pytest.raises(Unsupported):
+        GraniteWeights.from_model(NotGranite())
+
+
+def test_a_cache_that_does_not_fit_stops_start_up_with_both_settings_named(
+    static: LocalEngine,
+) -> None:
+    from gateway.engine.static import _check_fits
+    from gateway.errors import ModelLoadError
+
+    decoder = static.decoder
+    assert isinstance(decoder, StaticDecoder)
+    weights = decoder.weights
+    needed = StaticKV.nbytes(weights, slots=8, context=4096)
+    # 2 layers x (keys, values) x 8 rows x kv heads x 4096 positions x head_dim x 4 bytes
+    assert needed == 2 * len(weights.layers) * 8 * weights.kv_heads * 4096 * weights.head_dim * 4
+    _check_fits(weights, 8, 4096, free_bytes=2 * needed)  # fits: nothing said
+    with pytest.raises(ModelLoadError, match=r"engine\.max_batch_size=8.*engine\.max_context=4096"):
+        _check_fits(weights, 8, 4096, free_bytes=needed // 2)
