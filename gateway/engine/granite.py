@@ -9,8 +9,8 @@ miniature), with the parts a CUDA graph needs made data instead of Python:
 - the uncertainty adapter is a per-row gate, `gate[row]` in {0, 1} times the LoRA delta, so base
   and adapter rows share one pass without a branch.
 
-Nothing is copied from the model but the LoRA matrices when the compute dtype differs from
-theirs (PEFT keeps them in float32): the functions read the model's own base weights.
+Nothing is copied from the model but the LoRA B matrices (times the LoRA scale, a few MB): the
+functions read the model's own weights.
 Supported: Granite 4.0 Micro's shape (every layer attention, no experts, rope, SwiGLU, RMSNorm);
 `GraniteWeights.from_model` raises `Unsupported` for anything else (the eager decoder serves it).
 """
@@ -32,7 +32,10 @@ class Unsupported(ValueError):
 
 @dataclass(frozen=True)
 class Projection:
-    """A linear layer of the base model, with the adapter's LoRA delta when it has one."""
+    """A linear layer of the base model, with the adapter's LoRA delta when it has one.
+
+    The delta is computed as PEFT computes it: in the LoRA weights' own dtype (PEFT keeps them
+    in float32 under a bf16 model), added to the base output in that dtype, then cast back."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -43,10 +46,12 @@ class Projection:
         y = F.linear(x, self.weight, self.bias)
         if gate is None or self.lora_a is None or self.lora_b is None:
             return y
-        return y + F.linear(F.linear(x, self.lora_a), self.lora_b) * gate
+        wide = self.lora_a.dtype
+        delta = F.linear(F.linear(x.to(wide), self.lora_a), self.lora_b) * gate.to(wide)
+        return (y.to(wide) + delta).to(y.dtype)
 
     @classmethod
-    def of(cls, module: Any, dtype: torch.dtype) -> Projection:
+    def of(cls, module: Any) -> Projection:
         base = getattr(module, "base_layer", module)
         if not isinstance(base, torch.nn.Linear):
             raise Unsupported(f"{type(base).__name__} is not a linear layer")
@@ -57,8 +62,8 @@ class Projection:
         ).get(ADAPTER_NAME):
             raise Unsupported("DoRA and LoRA biases are not supported")
         scale = float(module.scaling[ADAPTER_NAME])
-        lora_a = module.lora_A[ADAPTER_NAME].weight.detach().to(dtype)
-        lora_b = (module.lora_B[ADAPTER_NAME].weight.detach().float() * scale).to(dtype)
+        lora_a = module.lora_A[ADAPTER_NAME].weight.detach()
+        lora_b = module.lora_B[ADAPTER_NAME].weight.detach() * scale
         return cls(base.weight, base.bias, lora_a, lora_b)
 
 
@@ -116,7 +121,6 @@ class GraniteWeights:
         rotary = getattr(inner, "rotary_emb", None)
         if rotary is None:
             raise Unsupported("no rotary position embedding")
-        dtype = inner.embed_tokens.weight.dtype
         layers = []
         for layer in inner.layers:
             if getattr(layer, "mamba", None) is not None or layer.self_attn is None:
@@ -126,12 +130,12 @@ class GraniteWeights:
                 Layer(
                     input_norm=layer.input_layernorm.weight,
                     post_norm=layer.post_attention_layernorm.weight,
-                    q=Projection.of(attn.q_proj, dtype),
-                    k=Projection.of(attn.k_proj, dtype),
-                    v=Projection.of(attn.v_proj, dtype),
-                    o=Projection.of(attn.o_proj, dtype),
-                    mlp_in=Projection.of(mlp.input_linear, dtype),
-                    mlp_out=Projection.of(mlp.output_linear, dtype),
+                    q=Projection.of(attn.q_proj),
+                    k=Projection.of(attn.k_proj),
+                    v=Projection.of(attn.v_proj),
+                    o=Projection.of(attn.o_proj),
+                    mlp_in=Projection.of(mlp.input_linear),
+                    mlp_out=Projection.of(mlp.output_linear),
                 )
             )
         heads = int(config.num_attention_heads)
@@ -211,7 +215,7 @@ def prefill(
     rows `ids` (rows, tokens) that start at position 0. With `kv`, each row's keys and values
     are written to its slot (`slots`, one per row) at positions 0..tokens-1; the padding's too,
     which later decoding steps overwrite before any row attends to them.
-    `gate`: (rows, 1, 1) in the model's dtype, 1 where the adapter is on; None: off for all."""
+    `gate`: (rows, 1, 1), 1.0 where the adapter is on; None: off for all."""
     rows, tokens = ids.shape
     x = F.embedding(ids, w.embed) * w.embedding_multiplier
     positions = torch.arange(tokens, device=ids.device)
@@ -238,9 +242,10 @@ def prefill(
 def logits(
     w: GraniteWeights, hidden: torch.Tensor, token_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """float32 logits of final hidden states; only of `token_ids` when given."""
+    """float32 logits of final hidden states; only of `token_ids` when given (scaled in the
+    model's dtype, as transformers does, then widened)."""
     head = w.lm_head if token_ids is None else w.lm_head[token_ids]
-    return F.linear(hidden, head).float() / w.logits_scaling
+    return (F.linear(hidden, head) / w.logits_scaling).float()
 
 
 def decode_step(

@@ -133,7 +133,7 @@ class StaticDecoder:
         w = self.weights
         ids = torch.full((rows,), self.pad_id, dtype=torch.long, device=self.device)
         positions = torch.zeros(rows, dtype=torch.long, device=self.device)
-        gate = torch.zeros((rows, 1, 1), dtype=w.dtype, device=self.device)
+        gate = torch.zeros((rows, 1, 1), dtype=torch.float32, device=self.device)
         side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # warm-up: allocations and kernel choices before capture
@@ -271,7 +271,8 @@ class StaticDecoder:
             live[hole] = mover
 
     def _gate(self, adapter: Sequence[bool]) -> torch.Tensor:
-        flags = torch.tensor(adapter, dtype=self.weights.dtype)
+        """1.0 where the adapter is on, (rows, 1, 1), float32 (the LoRA delta's dtype)."""
+        flags = torch.tensor(adapter, dtype=torch.float32)
         return flags.to(self.device, non_blocking=True)[:, None, None]
 
     def _right_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
