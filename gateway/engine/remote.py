@@ -5,19 +5,28 @@ vLLM runs `granite-4.0-micro` with `--enable-lora --lora-modules uncertainty=PAT
 keeps only the tokenizer (to render the adapter's prompt exactly as the local engine does):
 
 * the answer: `POST /v1/chat/completions` with the base model's name (streamed when the caller
-  streams; vLLM applies the model's own chat template, documents included);
+  streams; vLLM applies the model's own chat template, documents included). vLLM accepts only
+  string values in `documents`, so every document goes out as `document_strings` makes it;
 * the certainty, `logits` mode: one `POST /v1/completions` with the adapter's name, the rendered
   certainty prompt plus the forced prefix `{"score": "` as token ids, `max_tokens: 1`,
-  `logprobs: 10`, `temperature: 0`; the digit distribution is read from the `top_logprobs` of that
-  one position by IBM's rule (`certainty_from_top_logprobs`);
+  `temperature: 0`, `logprobs: 10` and `logprob_token_ids` = the ten digit ids, so the one
+  position's `top_logprobs` holds exactly the ten digits and the distribution is the softmax over
+  them, as the local engine computes it. A server that refuses the field (a 400 naming it) is
+  asked again without it, and from then on; one that ignores it (vLLM before the field existed)
+  returns the ten most likely tokens: then the digits among them are read by IBM's rule
+  (`certainty_from_top_logprobs`), and the log says so once. `return_tokens_as_token_ids: false`
+  keeps the tokens readable whatever the server's `--return-tokens-as-token-ids`;
+  `token_id:N` keys are read as well;
 * `generate` mode: the same prompt without the prefix, up to 15 greedy tokens, parsed as the seed
   does.
 
 Failures are bounded like escalations: every call has a deadline (`engine.vllm_timeout_s`: the
-whole call, or, streamed, each gap between chunks), a failed connection or a 5xx is tried once
-more, and what still fails raises `RemoteEngineFailed` (HTTP 502) with a message that says why.
-A prompt longer than the served context is the client's `ContextLengthExceeded` (400); vLLM's
-429/503 becomes our `Overloaded` (503 with Retry-After).
+whole call, or, streamed, each gap between data lines; vLLM's `: keep-alive` comments do not
+count), a failed connection or a 5xx is tried once more, and what still fails raises
+`RemoteEngineFailed` (HTTP 502) with a message that says why. vLLM shortens `max_tokens` to what
+the context leaves (the answer then ends with `finish_reason: "length"`); a prompt that fills the
+whole served context, alone or with no token left, is the client's `ContextLengthExceeded` (400);
+vLLM's 429/503 becomes our `Overloaded` (503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -33,12 +42,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.certainty import (
+    DIGITS,
     MAX_REPLY_TOKENS,
     REPLY_PREFIX,
     Certainty,
     ScoreResult,
     ScoringMode,
     Unscored,
+    certainty_from_digit_logprobs,
     certainty_from_top_logprobs,
     certainty_messages,
     digit_confidence,
@@ -58,14 +69,22 @@ from gateway.errors import (
 log = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 10
-"""Alternatives asked for at the digit position: all ten digits when the adapter is sure of
-the format (IBM's runtime asks for the same number)."""
+"""`logprobs` of the certainty call. vLLM wants it set whenever `logprob_token_ids` is, and it
+equals the ten digit ids' count; a server without that field returns this many most likely
+tokens (IBM's runtime asks for the same number)."""
+
+DIGIT_IDS_FIELD = "logprob_token_ids"
+TOKEN_ID_KEY = "token_id:"
+"""How vLLM spells a token in `top_logprobs` under `--return-tokens-as-token-ids`."""
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 API_KEY_HINT = "set engine.vllm_api_key (GATEWAY_ENGINE__VLLM_API_KEY) to vLLM's --api-key"
 CHECK_MAX_AGE_S = 5.0
 """How long `/health/ready` reuses the last look at the model server."""
 _CONTEXT_HINTS = ("maximum context length", "context length", "too long", "max_model_len")
+_NO_ROOM_LEFT = "max_tokens must be at least 1"
+"""vLLM's answer when the prompt alone is exactly the context: no token is left to generate."""
+_MAX_TOKENS_TOO_LARGE = "cannot be greater than max_model_len"
 
 
 class RemoteEngineFailed(ServiceError):
@@ -74,6 +93,37 @@ class RemoteEngineFailed(ServiceError):
     status_code = 502
     error_type = "upstream_error"
     code = "engine_unavailable"
+
+
+class FieldRefused(RemoteEngineFailed):
+    """The model server answered 400 to a request field the gateway sent (not the client's)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def document_strings(document: Document) -> dict[str, str]:
+    """A document in the shape vLLM's chat request declares (`dict[str, str]`, else a 400):
+    strings stay as they are, any other JSON value becomes its JSON text (`1` -> `"1"`)."""
+    return {
+        str(key): value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        for key, value in document.items()
+    }
+
+
+def digit_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The token id of each digit 0-9; each digit must be one token."""
+    ids = []
+    for digit in DIGITS:
+        encoded = tokenizer.encode(digit, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ModelLoadError(
+                f"the tokenizer splits the digit {digit!r} into {len(encoded)} tokens; "
+                "one-pass scoring needs each digit to be one token"
+            )
+        ids.append(int(encoded[0]))
+    return tuple(ids)
 
 
 def openai_base_url(url: str) -> str:
@@ -127,6 +177,10 @@ class RemoteEngine:
         self._scoring_mode: ScoringMode = scoring_mode
         self._model_id = model_id or f"vllm:{base_model}+{adapter_model}"
         self.prefix_ids: list[int] = tokenizer.encode(REPLY_PREFIX, add_special_tokens=False)
+        self.digit_ids = digit_token_ids(tokenizer)
+        self.digit_texts = tuple(self._token_text(i) for i in self.digit_ids)
+        self._ask_digit_ids = True  # until the server refuses `logprob_token_ids`
+        self._fell_back = False  # whether the log has said that scoring fell back
         self._in_flight = 0
         self._checked: tuple[float, list[str]] | None = None  # (when, problems) of `check`
         self._checking = asyncio.Lock()
@@ -285,7 +339,7 @@ class RemoteEngine:
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if request.documents:
-            body["documents"] = [dict(d) for d in request.documents]
+            body["documents"] = [document_strings(d) for d in request.documents]
         if on_text is None:
             reply = await self._post("/chat/completions", body)
             choice = _first_choice(reply)
@@ -319,7 +373,8 @@ class RemoteEngine:
         usage = usage if isinstance(usage, dict) else {}
         prompt_tokens = usage.get("prompt_tokens")
         if prompt_tokens is None:
-            prompt_tokens = len(self.render(request.message_dicts(), request.documents))
+            documents = [document_strings(d) for d in request.documents]
+            prompt_tokens = len(self.render(request.message_dicts(), documents))
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None:
             completion_tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -341,7 +396,9 @@ class RemoteEngine:
         mode: ScoringMode | None = None,
     ) -> ScoreResult:
         """The adapter's rating of `answer`: one completion step with its name as `model`."""
-        prompt = await asyncio.to_thread(self.certainty_prompt, messages, answer, documents)
+        # The documents as vLLM rendered them for the answer.
+        same = [document_strings(d) for d in documents]
+        prompt = await asyncio.to_thread(self.certainty_prompt, messages, answer, same)
         if (mode or self._scoring_mode) == "generate":
             reply = await self._post(
                 "/completions",
@@ -353,17 +410,52 @@ class RemoteEngine:
                 },
             )
             return parse_reply(str(_first_choice(reply).get("text") or ""))
-        reply = await self._post(
-            "/completions",
-            {
-                "model": self.adapter_model,
-                "prompt": prompt + self.prefix_ids,
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "logprobs": TOP_LOGPROBS,
-            },
-        )
-        return certainty_from_completion(_first_choice(reply))
+        body: dict[str, Any] = {
+            "model": self.adapter_model,
+            "prompt": prompt + self.prefix_ids,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": TOP_LOGPROBS,
+            "return_tokens_as_token_ids": False,
+        }
+        if self._ask_digit_ids:
+            body[DIGIT_IDS_FIELD] = list(self.digit_ids)
+        try:
+            reply = await self._post("/completions", body)
+        except FieldRefused as refused:
+            if refused.field != DIGIT_IDS_FIELD or DIGIT_IDS_FIELD not in body:
+                raise
+            self._ask_digit_ids = False
+            self._fall_back(f"the model server refuses {DIGIT_IDS_FIELD} ({refused.message})")
+            del body[DIGIT_IDS_FIELD]
+            reply = await self._post("/completions", body)
+        choice = _first_choice(reply)
+        top = completion_top_logprobs(choice, self._token_text)
+        exact = [top[text] for text in self.digit_texts if text in top]
+        if len(exact) == len(self.digit_texts):
+            return certainty_from_digit_logprobs(exact)
+        if DIGIT_IDS_FIELD in body:
+            self._fall_back(
+                f"the model server ignores {DIGIT_IDS_FIELD} (it returned "
+                f"{len(exact)} of the ten digits; vLLM has the field since mid-2026)"
+            )
+        return _top_digits_certainty(top, choice)
+
+    def _token_text(self, token_id: int) -> str:
+        text: str = self.tokenizer.decode([token_id])
+        return text
+
+    def _fall_back(self, why: str) -> None:
+        """Say once that scoring reads only the digits among the most likely tokens."""
+        if not self._fell_back:
+            self._fell_back = True
+            log.warning(
+                "remote engine: %s; certainties come from the digits among the top %d tokens "
+                "(IBM's rule), which can differ from the local engine's",
+                why,
+                TOP_LOGPROBS,
+                extra={"engine_url": self.base_url},
+            )
 
     # ------------------------------------------------------------------- HTTP
 
@@ -421,9 +513,11 @@ class RemoteEngine:
                     response = await self._open_stream(path, body)
                     try:
                         async for line in response.aiter_lines():
-                            deadline.reschedule(loop.time() + self.timeout_s)
+                            # Only data moves the deadline: vLLM's `--sse-keep-alive-interval`
+                            # comments (`: keep-alive`) come however long the answer stalls.
                             if not line.startswith("data:"):
                                 continue
+                            deadline.reschedule(loop.time() + self.timeout_s)
                             data = line[len("data:") :].strip()
                             if data == "[DONE]":
                                 return
@@ -473,14 +567,33 @@ class RemoteEngine:
 
     def _http_error(self, response: httpx.Response, body: dict[str, Any]) -> GatewayError:
         status = response.status_code
+        param = ""
         try:
-            message = _error_message(json.loads(response.content))
+            payload = json.loads(response.content)
+            message = _error_message(payload)
+            param = _error_param(payload)
         except ValueError:
             message = response.text
         message = " ".join(message.split())[:300] or response.reason_phrase
-        if status == 400 and any(hint in message.lower() for hint in _CONTEXT_HINTS):
+        lowered = message.lower()
+        if status == 400 and _NO_ROOM_LEFT in lowered:
+            return ContextLengthExceeded(
+                "the conversation fills the model's whole context; no token is left for the "
+                f"answer (the model server: {message})",
+                param="messages",
+            )
+        if status == 400 and _MAX_TOKENS_TOO_LARGE in lowered:
+            return ContextLengthExceeded(
+                f"max_tokens is larger than the model's context: {message}", param="max_tokens"
+            )
+        if status == 400 and any(hint in lowered for hint in _CONTEXT_HINTS):
             return ContextLengthExceeded(
                 f"the conversation does not fit the model's context: {message}", param="messages"
+            )
+        if status == 400 and (DIGIT_IDS_FIELD in param or DIGIT_IDS_FIELD in message):
+            return FieldRefused(
+                f"the model server refused {DIGIT_IDS_FIELD} (HTTP 400: {message})",
+                field=DIGIT_IDS_FIELD,
             )
         if status in (429, 503):
             retry_after = _retry_after(response.headers.get("retry-after"))
@@ -501,8 +614,14 @@ class RemoteEngine:
         return RemoteEngineFailed(f"the model server failed (HTTP {status}: {message})")
 
 
-def certainty_from_completion(choice: dict[str, Any]) -> ScoreResult:
-    """The certainty in one `/v1/completions` choice whose one token is the digit."""
+def completion_top_logprobs(
+    choice: dict[str, Any], token_text: Callable[[int], str] | None = None
+) -> dict[str, float]:
+    """The `top_logprobs` of the one generated position, keyed by token text.
+
+    A key `token_id:N` (vLLM under `--return-tokens-as-token-ids`, when the request's
+    `return_tokens_as_token_ids: false` is not honoured) is turned into the text of token N.
+    """
     logprobs = choice.get("logprobs") or {}
     tops = logprobs.get("top_logprobs") or []
     if not tops or not isinstance(tops[0], dict):
@@ -510,7 +629,27 @@ def certainty_from_completion(choice: dict[str, Any]) -> ScoreResult:
             "the model server returned no top_logprobs for the certainty digit; it must "
             "support `logprobs` on /v1/completions (vLLM does, up to --max-logprobs, default 20)"
         )
-    found = certainty_from_top_logprobs(tops[0])
+    top: dict[str, float] = {}
+    for key, value in tops[0].items():
+        text = str(key)
+        if token_text is not None and text.startswith(TOKEN_ID_KEY):
+            number = text[len(TOKEN_ID_KEY) :]
+            if number.isdigit():
+                text = token_text(int(number))
+        top[text] = float(value)
+    return top
+
+
+def certainty_from_completion(
+    choice: dict[str, Any], token_text: Callable[[int], str] | None = None
+) -> ScoreResult:
+    """IBM's rule on one `/v1/completions` choice whose one token is the digit: the digits
+    among its `top_logprobs`, renormalised."""
+    return _top_digits_certainty(completion_top_logprobs(choice, token_text), choice)
+
+
+def _top_digits_certainty(top: dict[str, float], choice: dict[str, Any]) -> ScoreResult:
+    found = certainty_from_top_logprobs(top)
     if found.score is None or found.distribution is None:
         return Unscored(reply=str(choice.get("text") or ""), mode="logits")
     return Certainty(
@@ -549,6 +688,12 @@ def _error_message(payload: Any) -> str:
         if isinstance(error, str):
             return error
     return str(payload)
+
+
+def _error_param(payload: Any) -> str:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) else ""
 
 
 def _retry_after(value: str | None) -> float:
