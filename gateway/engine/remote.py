@@ -437,7 +437,7 @@ class RemoteEngine:
         if DIGIT_IDS_FIELD in body:
             self._fall_back(
                 f"the model server ignores {DIGIT_IDS_FIELD} (it returned "
-                f"{len(exact)} of the ten digits; vLLM has the field since mid-2026)"
+                f"{len(exact)} of the ten digits; vLLM's OpenAI server has it since July 2026)"
             )
         return _top_digits_certainty(top, choice)
 

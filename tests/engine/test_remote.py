@@ -248,6 +248,7 @@ def test_without_logprob_token_ids_scores_fall_back_to_the_top_digits_and_say_so
     local = engine.score(QUESTION, "Paris.")
     assert isinstance(local, Certainty)
     assert local.distribution is not None
+    assert local.distribution[4] > 1e-4  # the share the fallback loses
     for fallback in scores:
         # IBM's rule: the digits among the top ten, renormalised; '4' is not among them.
         assert isinstance(fallback, Certainty)
