@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from gateway.engine.base import ChatRequest, Message, SamplingParams
-from gateway.engine.remote import document_strings
+from gateway.engine.vllm_protocol import document_strings
 from gateway.errors import InvalidRequest, UnsupportedParameter
 
 REDIRECTING_FIELDS = (

@@ -42,40 +42,41 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.certainty import (
-    DIGITS,
     MAX_REPLY_TOKENS,
     REPLY_PREFIX,
-    Certainty,
     ScoreResult,
     ScoringMode,
-    Unscored,
     certainty_from_digit_logprobs,
-    certainty_from_top_logprobs,
     certainty_messages,
-    digit_confidence,
     parse_reply,
 )
 from gateway.config import EngineSettings, ModelSettings
 from gateway.engine.base import ChatRequest, Document, FinishReason, Generation, Message
+from gateway.engine.vllm_protocol import (
+    DIGIT_IDS_FIELD,
+    TOP_LOGPROBS,
+    FieldRefused,
+    RemoteEngineFailed,
+    completion_top_logprobs,
+    digit_token_ids,
+    document_strings,
+    error_message,
+    error_param,
+    first_choice,
+    json_object,
+    top_digits_certainty,
+)
 from gateway.errors import (
     ConfigError,
     ContextLengthExceeded,
     GatewayError,
     ModelLoadError,
     Overloaded,
-    ServiceError,
 )
 
+__all__ = ["RemoteEngine", "RemoteEngineFailed", "openai_base_url"]
+
 log = logging.getLogger(__name__)
-
-TOP_LOGPROBS = 10
-"""`logprobs` of the certainty call. vLLM wants it set whenever `logprob_token_ids` is, and it
-equals the ten digit ids' count; a server without that field returns this many most likely
-tokens (IBM's runtime asks for the same number)."""
-
-DIGIT_IDS_FIELD = "logprob_token_ids"
-TOKEN_ID_KEY = "token_id:"
-"""How vLLM spells a token in `top_logprobs` under `--return-tokens-as-token-ids`."""
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 API_KEY_HINT = "set engine.vllm_api_key (GATEWAY_ENGINE__VLLM_API_KEY) to vLLM's --api-key"
@@ -85,45 +86,6 @@ _CONTEXT_HINTS = ("maximum context length", "context length", "too long", "max_m
 _NO_ROOM_LEFT = "max_tokens must be at least 1"
 """vLLM's answer when the prompt alone is exactly the context: no token is left to generate."""
 _MAX_TOKENS_TOO_LARGE = "cannot be greater than max_model_len"
-
-
-class RemoteEngineFailed(ServiceError):
-    """The model server could not answer: unreachable, too slow, or an error of its own."""
-
-    status_code = 502
-    error_type = "upstream_error"
-    code = "engine_unavailable"
-
-
-class FieldRefused(RemoteEngineFailed):
-    """The model server answered 400 to a request field the gateway sent (not the client's)."""
-
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def document_strings(document: Document) -> dict[str, str]:
-    """A document in the shape vLLM's chat request declares (`dict[str, str]`, else a 400):
-    strings stay as they are, any other JSON value becomes its JSON text (`1` -> `"1"`)."""
-    return {
-        str(key): value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        for key, value in document.items()
-    }
-
-
-def digit_token_ids(tokenizer: Any) -> tuple[int, ...]:
-    """The token id of each digit 0-9; each digit must be one token."""
-    ids = []
-    for digit in DIGITS:
-        encoded = tokenizer.encode(digit, add_special_tokens=False)
-        if len(encoded) != 1:
-            raise ModelLoadError(
-                f"the tokenizer splits the digit {digit!r} into {len(encoded)} tokens; "
-                "one-pass scoring needs each digit to be one token"
-            )
-        ids.append(int(encoded[0]))
-    return tuple(ids)
 
 
 def openai_base_url(url: str) -> str:
@@ -342,7 +304,7 @@ class RemoteEngine:
             body["documents"] = [document_strings(d) for d in request.documents]
         if on_text is None:
             reply = await self._post("/chat/completions", body)
-            choice = _first_choice(reply)
+            choice = first_choice(reply)
             message = choice.get("message") or {}
             return self._generation(
                 request,
@@ -409,7 +371,7 @@ class RemoteEngine:
                     "temperature": 0.0,
                 },
             )
-            return parse_reply(str(_first_choice(reply).get("text") or ""))
+            return parse_reply(str(first_choice(reply).get("text") or ""))
         body: dict[str, Any] = {
             "model": self.adapter_model,
             "prompt": prompt + self.prefix_ids,
@@ -429,7 +391,7 @@ class RemoteEngine:
             self._fall_back(f"the model server refuses {DIGIT_IDS_FIELD} ({refused.message})")
             del body[DIGIT_IDS_FIELD]
             reply = await self._post("/completions", body)
-        choice = _first_choice(reply)
+        choice = first_choice(reply)
         top = completion_top_logprobs(choice, self._token_text)
         exact = [top[text] for text in self.digit_texts if text in top]
         if len(exact) == len(self.digit_texts):
@@ -439,7 +401,7 @@ class RemoteEngine:
                 f"the model server ignores {DIGIT_IDS_FIELD} (it returned "
                 f"{len(exact)} of the ten digits; vLLM's OpenAI server has it since July 2026)"
             )
-        return _top_digits_certainty(top, choice)
+        return top_digits_certainty(top, choice)
 
     def _token_text(self, token_id: int) -> str:
         text: str = self.tokenizer.decode([token_id])
@@ -483,7 +445,7 @@ class RemoteEngine:
                             continue
                         if response.status_code >= 400:
                             raise self._http_error(response, body)
-                        return _json_object(response.content)
+                        return json_object(response.content)
             except (TimeoutError, httpx.TimeoutException) as exc:
                 raise self._timed_out() from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -521,10 +483,10 @@ class RemoteEngine:
                             data = line[len("data:") :].strip()
                             if data == "[DONE]":
                                 return
-                            chunk = _json_object(data.encode())
+                            chunk = json_object(data.encode())
                             if "error" in chunk:
                                 raise RemoteEngineFailed(
-                                    f"the model server failed mid-answer: {_error_message(chunk)}"
+                                    f"the model server failed mid-answer: {error_message(chunk)}"
                                 )
                             yield chunk
                     except httpx.TransportError as exc:
@@ -570,8 +532,8 @@ class RemoteEngine:
         param = ""
         try:
             payload = json.loads(response.content)
-            message = _error_message(payload)
-            param = _error_param(payload)
+            message = error_message(payload)
+            param = error_param(payload)
         except ValueError:
             message = response.text
         message = " ".join(message.split())[:300] or response.reason_phrase
@@ -612,88 +574,6 @@ class RemoteEngine:
                 "--served-model-name and --lora-modules"
             )
         return RemoteEngineFailed(f"the model server failed (HTTP {status}: {message})")
-
-
-def completion_top_logprobs(
-    choice: dict[str, Any], token_text: Callable[[int], str] | None = None
-) -> dict[str, float]:
-    """The `top_logprobs` of the one generated position, keyed by token text.
-
-    A key `token_id:N` (vLLM under `--return-tokens-as-token-ids`, when the request's
-    `return_tokens_as_token_ids: false` is not honoured) is turned into the text of token N.
-    """
-    logprobs = choice.get("logprobs") or {}
-    tops = logprobs.get("top_logprobs") or []
-    if not tops or not isinstance(tops[0], dict):
-        raise RemoteEngineFailed(
-            "the model server returned no top_logprobs for the certainty digit; it must "
-            "support `logprobs` on /v1/completions (vLLM does, up to --max-logprobs, default 20)"
-        )
-    top: dict[str, float] = {}
-    for key, value in tops[0].items():
-        text = str(key)
-        if token_text is not None and text.startswith(TOKEN_ID_KEY):
-            number = text[len(TOKEN_ID_KEY) :]
-            if number.isdigit():
-                text = token_text(int(number))
-        top[text] = float(value)
-    return top
-
-
-def certainty_from_completion(
-    choice: dict[str, Any], token_text: Callable[[int], str] | None = None
-) -> ScoreResult:
-    """IBM's rule on one `/v1/completions` choice whose one token is the digit: the digits
-    among its `top_logprobs`, renormalised."""
-    return _top_digits_certainty(completion_top_logprobs(choice, token_text), choice)
-
-
-def _top_digits_certainty(top: dict[str, float], choice: dict[str, Any]) -> ScoreResult:
-    found = certainty_from_top_logprobs(top)
-    if found.score is None or found.distribution is None:
-        return Unscored(reply=str(choice.get("text") or ""), mode="logits")
-    return Certainty(
-        score=found.score,
-        confidence=digit_confidence(found.score),
-        expected_confidence=found.expected_confidence,
-        distribution=found.distribution,
-        mode="logits",
-    )
-
-
-def _first_choice(reply: dict[str, Any]) -> dict[str, Any]:
-    choices = reply.get("choices")
-    if not choices or not isinstance(choices[0], dict):
-        raise RemoteEngineFailed("the model server's reply has no choices")
-    choice: dict[str, Any] = choices[0]
-    return choice
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise RemoteEngineFailed("the model server's reply is not JSON") from exc
-    if not isinstance(value, dict):
-        raise RemoteEngineFailed("the model server's reply is not a JSON object")
-    return value
-
-
-def _error_message(payload: Any) -> str:
-    """vLLM's error, `{"error": {"message"}}` (or the older flat `{"message"}`)."""
-    if isinstance(payload, dict):
-        error = payload.get("error", payload)
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-    return str(payload)
-
-
-def _error_param(payload: Any) -> str:
-    error = payload.get("error") if isinstance(payload, dict) else None
-    param = error.get("param") if isinstance(error, dict) else None
-    return param if isinstance(param, str) else ""
 
 
 def _retry_after(value: str | None) -> float:

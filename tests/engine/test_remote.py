@@ -19,13 +19,11 @@ from gateway.certainty import Certainty, Unscored
 from gateway.config import EngineSettings, ModelSettings, Settings
 from gateway.engine.base import ChatRequest, Document, Message, SamplingParams
 from gateway.engine.local import LocalEngine
-from gateway.engine.remote import (
+from gateway.engine.remote import RemoteEngine, RemoteEngineFailed, openai_base_url
+from gateway.engine.vllm_protocol import (
     TOP_LOGPROBS,
-    RemoteEngine,
-    RemoteEngineFailed,
     certainty_from_completion,
     document_strings,
-    openai_base_url,
 )
 from gateway.errors import ContextLengthExceeded
 from gateway.escalation import EscalationDelta, EscalationReply
