@@ -114,6 +114,20 @@ def softmax(logits: Sequence[float]) -> list[float]:
     return [e / total for e in exps]
 
 
+def certainty_from_digit_logprobs(
+    logprobs: Sequence[float], mode: ScoringMode = "logits"
+) -> Certainty:
+    """The certainty from the log-probabilities of the ten digit tokens, digit 0 first.
+
+    The softmax over just those ten values: what the local engine computes from the ten digit
+    logits (a log-softmax over the whole vocabulary differs from the logits by one constant, so
+    the two agree exactly).
+    """
+    if len(logprobs) != 10:
+        raise ValueError(f"one log-probability per digit is needed, got {len(logprobs)}")
+    return certainty_from_distribution(softmax(logprobs), mode=mode)
+
+
 def parse_reply(reply: str) -> ScoreResult:
     """Parse a generated adapter reply with the seed's regex; no match is `Unscored`."""
     match = SCORE_PATTERN.search(reply)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from gateway.engine.base import ChatRequest, Message, SamplingParams
+from gateway.engine.vllm_protocol import document_strings
 from gateway.errors import InvalidRequest, UnsupportedParameter
 
 REDIRECTING_FIELDS = (
@@ -74,6 +75,17 @@ class WireMessage(BaseModel):
         return "".join(pieces)
 
 
+DocumentBody = Annotated[
+    dict[str, str],
+    BeforeValidator(
+        lambda d: document_strings(d) if isinstance(d, dict) else d,
+        json_schema_input_type=dict[str, Any],
+    ),
+]
+"""A RAG document: an object whose values reach the model as strings (any other JSON value as
+its JSON text), the shape vLLM's chat request takes, whichever engine answers."""
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
@@ -96,7 +108,7 @@ class ChatCompletionBody(BaseModel):
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    documents: list[dict[str, Any]] | None = None
+    documents: list[DocumentBody] | None = None
     logprobs: bool | None = None
     response_format: dict[str, Any] | None = None
 

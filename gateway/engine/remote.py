@@ -5,19 +5,28 @@ vLLM runs `granite-4.0-micro` with `--enable-lora --lora-modules uncertainty=PAT
 keeps only the tokenizer (to render the adapter's prompt exactly as the local engine does):
 
 * the answer: `POST /v1/chat/completions` with the base model's name (streamed when the caller
-  streams; vLLM applies the model's own chat template, documents included);
+  streams; vLLM applies the model's own chat template, documents included). vLLM accepts only
+  string values in `documents`, so every document goes out as `document_strings` makes it;
 * the certainty, `logits` mode: one `POST /v1/completions` with the adapter's name, the rendered
   certainty prompt plus the forced prefix `{"score": "` as token ids, `max_tokens: 1`,
-  `logprobs: 10`, `temperature: 0`; the digit distribution is read from the `top_logprobs` of that
-  one position by IBM's rule (`certainty_from_top_logprobs`);
+  `temperature: 0`, `logprobs: 10` and `logprob_token_ids` = the ten digit ids, so the one
+  position's `top_logprobs` holds exactly the ten digits and the distribution is the softmax over
+  them, as the local engine computes it. A server that refuses the field (a 400 naming it) is
+  asked again without it, and from then on; one that ignores it (vLLM before the field existed)
+  returns the ten most likely tokens: then the digits among them are read by IBM's rule
+  (`certainty_from_top_logprobs`), and the log says so once. `return_tokens_as_token_ids: false`
+  keeps the tokens readable whatever the server's `--return-tokens-as-token-ids`;
+  `token_id:N` keys are read as well;
 * `generate` mode: the same prompt without the prefix, up to 15 greedy tokens, parsed as the seed
   does.
 
 Failures are bounded like escalations: every call has a deadline (`engine.vllm_timeout_s`: the
-whole call, or, streamed, each gap between chunks), a failed connection or a 5xx is tried once
-more, and what still fails raises `RemoteEngineFailed` (HTTP 502) with a message that says why.
-A prompt longer than the served context is the client's `ContextLengthExceeded` (400); vLLM's
-429/503 becomes our `Overloaded` (503 with Retry-After).
+whole call, or, streamed, each gap between data lines; vLLM's `: keep-alive` comments do not
+count), a failed connection or a 5xx is tried once more, and what still fails raises
+`RemoteEngineFailed` (HTTP 502) with a message that says why. vLLM shortens `max_tokens` to what
+the context leaves (the answer then ends with `finish_reason: "length"`); a prompt that fills the
+whole served context, alone or with no token left, is the client's `ContextLengthExceeded` (400);
+vLLM's 429/503 becomes our `Overloaded` (503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -35,45 +44,48 @@ import httpx
 from gateway.certainty import (
     MAX_REPLY_TOKENS,
     REPLY_PREFIX,
-    Certainty,
     ScoreResult,
     ScoringMode,
-    Unscored,
-    certainty_from_top_logprobs,
+    certainty_from_digit_logprobs,
     certainty_messages,
-    digit_confidence,
     parse_reply,
 )
 from gateway.config import EngineSettings, ModelSettings
 from gateway.engine.base import ChatRequest, Document, FinishReason, Generation, Message
+from gateway.engine.vllm_protocol import (
+    DIGIT_IDS_FIELD,
+    TOP_LOGPROBS,
+    FieldRefused,
+    RemoteEngineFailed,
+    completion_top_logprobs,
+    digit_token_ids,
+    document_strings,
+    error_message,
+    error_param,
+    first_choice,
+    json_object,
+    top_digits_certainty,
+)
 from gateway.errors import (
     ConfigError,
     ContextLengthExceeded,
     GatewayError,
     ModelLoadError,
     Overloaded,
-    ServiceError,
 )
 
-log = logging.getLogger(__name__)
+__all__ = ["RemoteEngine", "RemoteEngineFailed", "openai_base_url"]
 
-TOP_LOGPROBS = 10
-"""Alternatives asked for at the digit position: all ten digits when the adapter is sure of
-the format (IBM's runtime asks for the same number)."""
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 API_KEY_HINT = "set engine.vllm_api_key (GATEWAY_ENGINE__VLLM_API_KEY) to vLLM's --api-key"
 CHECK_MAX_AGE_S = 5.0
 """How long `/health/ready` reuses the last look at the model server."""
 _CONTEXT_HINTS = ("maximum context length", "context length", "too long", "max_model_len")
-
-
-class RemoteEngineFailed(ServiceError):
-    """The model server could not answer: unreachable, too slow, or an error of its own."""
-
-    status_code = 502
-    error_type = "upstream_error"
-    code = "engine_unavailable"
+_NO_ROOM_LEFT = "max_tokens must be at least 1"
+"""vLLM's answer when the prompt alone is exactly the context: no token is left to generate."""
+_MAX_TOKENS_TOO_LARGE = "cannot be greater than max_model_len"
 
 
 def openai_base_url(url: str) -> str:
@@ -127,6 +139,10 @@ class RemoteEngine:
         self._scoring_mode: ScoringMode = scoring_mode
         self._model_id = model_id or f"vllm:{base_model}+{adapter_model}"
         self.prefix_ids: list[int] = tokenizer.encode(REPLY_PREFIX, add_special_tokens=False)
+        self.digit_ids = digit_token_ids(tokenizer)
+        self.digit_texts = tuple(self._token_text(i) for i in self.digit_ids)
+        self._ask_digit_ids = True  # until the server refuses `logprob_token_ids`
+        self._fell_back = False  # whether the log has said that scoring fell back
         self._in_flight = 0
         self._checked: tuple[float, list[str]] | None = None  # (when, problems) of `check`
         self._checking = asyncio.Lock()
@@ -285,10 +301,10 @@ class RemoteEngine:
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if request.documents:
-            body["documents"] = [dict(d) for d in request.documents]
+            body["documents"] = [document_strings(d) for d in request.documents]
         if on_text is None:
             reply = await self._post("/chat/completions", body)
-            choice = _first_choice(reply)
+            choice = first_choice(reply)
             message = choice.get("message") or {}
             return self._generation(
                 request,
@@ -319,7 +335,8 @@ class RemoteEngine:
         usage = usage if isinstance(usage, dict) else {}
         prompt_tokens = usage.get("prompt_tokens")
         if prompt_tokens is None:
-            prompt_tokens = len(self.render(request.message_dicts(), request.documents))
+            documents = [document_strings(d) for d in request.documents]
+            prompt_tokens = len(self.render(request.message_dicts(), documents))
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None:
             completion_tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -341,7 +358,9 @@ class RemoteEngine:
         mode: ScoringMode | None = None,
     ) -> ScoreResult:
         """The adapter's rating of `answer`: one completion step with its name as `model`."""
-        prompt = await asyncio.to_thread(self.certainty_prompt, messages, answer, documents)
+        # The documents as vLLM rendered them for the answer.
+        same = [document_strings(d) for d in documents]
+        prompt = await asyncio.to_thread(self.certainty_prompt, messages, answer, same)
         if (mode or self._scoring_mode) == "generate":
             reply = await self._post(
                 "/completions",
@@ -352,18 +371,53 @@ class RemoteEngine:
                     "temperature": 0.0,
                 },
             )
-            return parse_reply(str(_first_choice(reply).get("text") or ""))
-        reply = await self._post(
-            "/completions",
-            {
-                "model": self.adapter_model,
-                "prompt": prompt + self.prefix_ids,
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "logprobs": TOP_LOGPROBS,
-            },
-        )
-        return certainty_from_completion(_first_choice(reply))
+            return parse_reply(str(first_choice(reply).get("text") or ""))
+        body: dict[str, Any] = {
+            "model": self.adapter_model,
+            "prompt": prompt + self.prefix_ids,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": TOP_LOGPROBS,
+            "return_tokens_as_token_ids": False,
+        }
+        if self._ask_digit_ids:
+            body[DIGIT_IDS_FIELD] = list(self.digit_ids)
+        try:
+            reply = await self._post("/completions", body)
+        except FieldRefused as refused:
+            if refused.field != DIGIT_IDS_FIELD or DIGIT_IDS_FIELD not in body:
+                raise
+            self._ask_digit_ids = False
+            self._fall_back(f"the model server refuses {DIGIT_IDS_FIELD} ({refused.message})")
+            del body[DIGIT_IDS_FIELD]
+            reply = await self._post("/completions", body)
+        choice = first_choice(reply)
+        top = completion_top_logprobs(choice, self._token_text)
+        exact = [top[text] for text in self.digit_texts if text in top]
+        if len(exact) == len(self.digit_texts):
+            return certainty_from_digit_logprobs(exact)
+        if DIGIT_IDS_FIELD in body:
+            self._fall_back(
+                f"the model server ignores {DIGIT_IDS_FIELD} (it returned "
+                f"{len(exact)} of the ten digits; vLLM's OpenAI server has it since July 2026)"
+            )
+        return top_digits_certainty(top, choice)
+
+    def _token_text(self, token_id: int) -> str:
+        text: str = self.tokenizer.decode([token_id])
+        return text
+
+    def _fall_back(self, why: str) -> None:
+        """Say once that scoring reads only the digits among the most likely tokens."""
+        if not self._fell_back:
+            self._fell_back = True
+            log.warning(
+                "remote engine: %s; certainties come from the digits among the top %d tokens "
+                "(IBM's rule), which can differ from the local engine's",
+                why,
+                TOP_LOGPROBS,
+                extra={"engine_url": self.base_url},
+            )
 
     # ------------------------------------------------------------------- HTTP
 
@@ -391,7 +445,7 @@ class RemoteEngine:
                             continue
                         if response.status_code >= 400:
                             raise self._http_error(response, body)
-                        return _json_object(response.content)
+                        return json_object(response.content)
             except (TimeoutError, httpx.TimeoutException) as exc:
                 raise self._timed_out() from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -421,16 +475,18 @@ class RemoteEngine:
                     response = await self._open_stream(path, body)
                     try:
                         async for line in response.aiter_lines():
-                            deadline.reschedule(loop.time() + self.timeout_s)
+                            # Only data moves the deadline: vLLM's `--sse-keep-alive-interval`
+                            # comments (`: keep-alive`) come however long the answer stalls.
                             if not line.startswith("data:"):
                                 continue
+                            deadline.reschedule(loop.time() + self.timeout_s)
                             data = line[len("data:") :].strip()
                             if data == "[DONE]":
                                 return
-                            chunk = _json_object(data.encode())
+                            chunk = json_object(data.encode())
                             if "error" in chunk:
                                 raise RemoteEngineFailed(
-                                    f"the model server failed mid-answer: {_error_message(chunk)}"
+                                    f"the model server failed mid-answer: {error_message(chunk)}"
                                 )
                             yield chunk
                     except httpx.TransportError as exc:
@@ -473,14 +529,33 @@ class RemoteEngine:
 
     def _http_error(self, response: httpx.Response, body: dict[str, Any]) -> GatewayError:
         status = response.status_code
+        param = ""
         try:
-            message = _error_message(json.loads(response.content))
+            payload = json.loads(response.content)
+            message = error_message(payload)
+            param = error_param(payload)
         except ValueError:
             message = response.text
         message = " ".join(message.split())[:300] or response.reason_phrase
-        if status == 400 and any(hint in message.lower() for hint in _CONTEXT_HINTS):
+        lowered = message.lower()
+        if status == 400 and _NO_ROOM_LEFT in lowered:
+            return ContextLengthExceeded(
+                "the conversation fills the model's whole context; no token is left for the "
+                f"answer (the model server: {message})",
+                param="messages",
+            )
+        if status == 400 and _MAX_TOKENS_TOO_LARGE in lowered:
+            return ContextLengthExceeded(
+                f"max_tokens is larger than the model's context: {message}", param="max_tokens"
+            )
+        if status == 400 and any(hint in lowered for hint in _CONTEXT_HINTS):
             return ContextLengthExceeded(
                 f"the conversation does not fit the model's context: {message}", param="messages"
+            )
+        if status == 400 and (DIGIT_IDS_FIELD in param or DIGIT_IDS_FIELD in message):
+            return FieldRefused(
+                f"the model server refused {DIGIT_IDS_FIELD} (HTTP 400: {message})",
+                field=DIGIT_IDS_FIELD,
             )
         if status in (429, 503):
             retry_after = _retry_after(response.headers.get("retry-after"))
@@ -499,56 +574,6 @@ class RemoteEngine:
                 "--served-model-name and --lora-modules"
             )
         return RemoteEngineFailed(f"the model server failed (HTTP {status}: {message})")
-
-
-def certainty_from_completion(choice: dict[str, Any]) -> ScoreResult:
-    """The certainty in one `/v1/completions` choice whose one token is the digit."""
-    logprobs = choice.get("logprobs") or {}
-    tops = logprobs.get("top_logprobs") or []
-    if not tops or not isinstance(tops[0], dict):
-        raise RemoteEngineFailed(
-            "the model server returned no top_logprobs for the certainty digit; it must "
-            "support `logprobs` on /v1/completions (vLLM does, up to --max-logprobs, default 20)"
-        )
-    found = certainty_from_top_logprobs(tops[0])
-    if found.score is None or found.distribution is None:
-        return Unscored(reply=str(choice.get("text") or ""), mode="logits")
-    return Certainty(
-        score=found.score,
-        confidence=digit_confidence(found.score),
-        expected_confidence=found.expected_confidence,
-        distribution=found.distribution,
-        mode="logits",
-    )
-
-
-def _first_choice(reply: dict[str, Any]) -> dict[str, Any]:
-    choices = reply.get("choices")
-    if not choices or not isinstance(choices[0], dict):
-        raise RemoteEngineFailed("the model server's reply has no choices")
-    choice: dict[str, Any] = choices[0]
-    return choice
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise RemoteEngineFailed("the model server's reply is not JSON") from exc
-    if not isinstance(value, dict):
-        raise RemoteEngineFailed("the model server's reply is not a JSON object")
-    return value
-
-
-def _error_message(payload: Any) -> str:
-    """vLLM's error, `{"error": {"message"}}` (or the older flat `{"message"}`)."""
-    if isinstance(payload, dict):
-        error = payload.get("error", payload)
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-    return str(payload)
 
 
 def _retry_after(value: str | None) -> float:

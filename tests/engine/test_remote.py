@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,12 +19,11 @@ from gateway.certainty import Certainty, Unscored
 from gateway.config import EngineSettings, ModelSettings, Settings
 from gateway.engine.base import ChatRequest, Document, Message, SamplingParams
 from gateway.engine.local import LocalEngine
-from gateway.engine.remote import (
+from gateway.engine.remote import RemoteEngine, RemoteEngineFailed, openai_base_url
+from gateway.engine.vllm_protocol import (
     TOP_LOGPROBS,
-    RemoteEngine,
-    RemoteEngineFailed,
     certainty_from_completion,
-    openai_base_url,
+    document_strings,
 )
 from gateway.errors import ContextLengthExceeded
 from gateway.escalation import EscalationDelta, EscalationReply
@@ -47,10 +48,16 @@ def server(engine: LocalEngine) -> Iterator[VLLMStub]:
 
 
 @pytest.fixture
-def vllm(server: VLLMStub) -> VLLMStub:
+def vllm(server: VLLMStub, engine: LocalEngine) -> VLLMStub:
     server.mode = "ok"
     server.fail_next = 0
     server.api_key = None
+    server.max_model_len = engine.max_context
+    server.max_logprobs = 20
+    server.return_tokens_as_token_ids = False
+    server.keep_alive_s = 0.0
+    server.keep_alives_sent = 0
+    server.digit_ids = "honoured"
     server.requests.clear()
     return server
 
@@ -138,10 +145,46 @@ def test_documents_reach_the_served_chat_template(
     assert vllm.bodies("/v1/chat/completions")[0]["documents"] == [dict(DOCUMENTS[0])]
 
 
+def test_documents_with_numbers_go_to_vllm_as_strings(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
+) -> None:
+    numbered = ({"doc_id": 1, "text": "Paris is the capital of France.", "checked": True},)
+    as_strings = ({"doc_id": "1", "text": "Paris is the capital of France.", "checked": "true"},)
+    sampling = SamplingParams(max_tokens=12)
+
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return await remote.generate(
+                ChatRequest(messages=QUESTION, documents=numbered, sampling=sampling)
+            )
+
+    answer = run(scenario)  # vLLM answers 400 to a non-string value; the stub does too
+    assert vllm.bodies("/v1/chat/completions")[0]["documents"] == [as_strings[0]]
+    assert answer == engine.generate(
+        ChatRequest(messages=QUESTION, documents=as_strings, sampling=sampling)
+    )
+    assert document_strings({"a": None, "b": [1, "é"], "c": "x"}) == {
+        "a": "null",
+        "b": '[1, "é"]',
+        "c": "x",
+    }
+
+
 # ------------------------------------------------------------------------------------- scores
 
 
-def test_certainty_is_one_completion_step_with_the_adapter_name(
+def assert_same_distribution(remote: Any, local: Any) -> None:
+    assert isinstance(remote, Certainty)
+    assert isinstance(local, Certainty)
+    assert remote.mode == local.mode == "logits"
+    assert remote.score == local.score
+    assert remote.distribution is not None
+    assert local.distribution is not None
+    assert remote.distribution == pytest.approx(local.distribution, abs=1e-5)
+    assert remote.expected_confidence == pytest.approx(local.expected_confidence, abs=1e-5)
+
+
+def test_certainty_is_one_completion_step_asking_for_the_ten_digit_ids(
     vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
 ) -> None:
     async def scenario() -> Any:
@@ -152,24 +195,94 @@ def test_certainty_is_one_completion_step_with_the_adapter_name(
     (body,) = vllm.bodies("/v1/completions")
     assert body["model"] == ADAPTER_MODEL
     assert body["max_tokens"] == 1
-    assert body["logprobs"] == TOP_LOGPROBS
     assert body["temperature"] == 0.0
+    assert body["logprob_token_ids"] == engine.digit_ids
+    assert body["logprobs"] == TOP_LOGPROBS == len(engine.digit_ids)
+    assert body["return_tokens_as_token_ids"] is False
     assert body["prompt"] == engine.certainty_prompt(QUESTION, "Paris.", DOCUMENTS) + (
         engine.prefix_ids
     )
-    local = engine.score(QUESTION, "Paris.", DOCUMENTS, mode="logits")
-    assert isinstance(remote_score, Certainty)
+    assert_same_distribution(remote_score, engine.score(QUESTION, "Paris.", DOCUMENTS))
+
+
+def test_remote_and_local_engines_give_the_same_digit_distribution(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
+) -> None:
+    # On the miniature one digit is usually missing from the ten most likely tokens: the case
+    # where reading the top ten lost that digit's share.
+    cases = [("Paris.", DOCUMENTS), ("Lyon, I think.", ()), ("", ())]
+
+    async def scenario() -> list[Any]:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return [await remote.score(QUESTION, answer, docs) for answer, docs in cases]
+
+    for (answer, docs), remote_score in zip(cases, run(scenario), strict=True):
+        assert_same_distribution(remote_score, engine.score(QUESTION, answer, docs))
+
+
+@pytest.mark.parametrize("server_kind", ["ignored", "refused"])
+def test_without_logprob_token_ids_scores_fall_back_to_the_top_digits_and_say_so_once(
+    vllm: VLLMStub,
+    engine: LocalEngine,
+    tiny_model_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    server_kind: Any,
+) -> None:
+    vllm.digit_ids = server_kind
+
+    async def scenario() -> list[Any]:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return [await remote.score(QUESTION, "Paris.") for _ in range(2)]
+
+    with caplog.at_level(logging.WARNING, logger="gateway.engine.remote"):
+        scores = run(scenario)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    said = {"ignored": "ignores logprob_token_ids", "refused": "refuses logprob_token_ids"}
+    assert said[server_kind] in warnings[0]
+    sent = [("logprob_token_ids" in body) for body in vllm.bodies("/v1/completions")]
+    # A refusal costs one more call, once; an ignoring server is asked the same way each time.
+    assert sent == ([True, False, False] if server_kind == "refused" else [True, True])
+    local = engine.score(QUESTION, "Paris.")
     assert isinstance(local, Certainty)
-    assert remote_score.mode == "logits"
-    assert remote_score.score == local.score
-    assert remote_score.distribution is not None
     assert local.distribution is not None
-    # IBM's rule renormalises the digits among the top alternatives: ratios are kept.
-    top = local.score
-    for digit, p in enumerate(remote_score.distribution):
-        if p > 0:
-            expected = local.distribution[digit] / local.distribution[top]
-            assert p / remote_score.distribution[top] == pytest.approx(expected, rel=1e-3)
+    assert local.distribution[4] > 1e-4  # the share the fallback loses
+    for fallback in scores:
+        # IBM's rule: the digits among the top ten, renormalised; '4' is not among them.
+        assert isinstance(fallback, Certainty)
+        assert fallback.distribution is not None
+        assert fallback.distribution[4] == 0.0
+        kept = 1.0 - local.distribution[4]
+        expected = [0.0 if d == 4 else p / kept for d, p in enumerate(local.distribution)]
+        assert fallback.distribution == pytest.approx(expected, abs=1e-5)
+
+
+def test_scores_survive_a_server_that_spells_tokens_as_ids(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
+) -> None:
+    vllm.return_tokens_as_token_ids = True  # vLLM's --return-tokens-as-token-ids
+
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return await remote.score(QUESTION, "Paris.")
+
+    assert_same_distribution(run(scenario), engine.score(QUESTION, "Paris."))
+
+
+def test_token_id_keys_are_read_as_the_tokens_they_name(engine: LocalEngine) -> None:
+    seven, eight = engine.digit_ids[7], engine.digit_ids[8]
+    choice = {
+        "text": "7",
+        "logprobs": {"top_logprobs": [{f"token_id:{seven}": -0.2, f"token_id:{eight}": -1.8}]},
+    }
+
+    def decode(token: int) -> str:
+        return str(engine.tokenizer.decode([token]))
+
+    found = certainty_from_completion(choice, decode)
+    assert isinstance(found, Certainty)
+    assert found.score == 7
+    assert certainty_from_completion(choice) == Unscored(reply="7", mode="logits")
 
 
 def test_generate_mode_scoring_parses_the_adapters_reply(
@@ -284,23 +397,116 @@ def test_probe_finds_both_models_on_a_correct_server(vllm: VLLMStub, tiny_model_
     assert run(scenario) == []
 
 
-def test_a_conversation_beyond_the_served_context_is_the_clients_error(
-    vllm: VLLMStub, tiny_model_dir: Path
+def test_an_answer_is_cut_to_what_the_context_leaves_as_vllm_does(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path
 ) -> None:
-    too_long = ChatRequest(messages=QUESTION, sampling=SamplingParams(max_tokens=10_000))
+    prompt_tokens = engine.count_prompt_tokens(ChatRequest(messages=QUESTION))
+    vllm.max_model_len = prompt_tokens + 2
+    request = ChatRequest(messages=QUESTION, sampling=SamplingParams(max_tokens=50))
+
+    async def scenario() -> Any:
+        async with connected(vllm.base_url, tiny_model_dir) as remote:
+            return await remote.generate(request)
+
+    answer = run(scenario)
+    assert answer.finish_reason == "length"
+    assert answer.completion_tokens == 2
+    assert answer == engine.generate(
+        ChatRequest(messages=QUESTION, sampling=SamplingParams(max_tokens=2))
+    )
+
+
+@pytest.mark.parametrize(
+    ("room", "max_tokens", "param", "message"),
+    [
+        (0, 8, "messages", "no token is left for the answer"),  # vLLM: max_tokens must be >= 1
+        (-1, 8, "messages", "maximum context length"),  # the prompt alone is too long
+        (4, 10_000, "max_tokens", "larger than the model's context"),
+    ],
+)
+def test_what_vllm_cannot_fit_is_context_length_exceeded(
+    vllm: VLLMStub,
+    engine: LocalEngine,
+    tiny_model_dir: Path,
+    room: int,
+    max_tokens: int,
+    param: str,
+    message: str,
+) -> None:
+    vllm.max_model_len = engine.count_prompt_tokens(ChatRequest(messages=QUESTION)) + room
+    request = ChatRequest(messages=QUESTION, sampling=SamplingParams(max_tokens=max_tokens))
 
     async def scenario() -> None:
         async with connected(vllm.base_url, tiny_model_dir) as remote:
-            with pytest.raises(ContextLengthExceeded, match="maximum context length"):
-                await remote.generate(too_long)
+            with pytest.raises(ContextLengthExceeded, match=message) as refused:
+                await remote.generate(request)
+        assert refused.value.status_code == 400
+        assert refused.value.code == "context_length_exceeded"
+        assert refused.value.param == param
 
     run(scenario)
+
+
+def test_keep_alive_comments_do_not_keep_a_stalled_stream_alive(
+    vllm: VLLMStub, tiny_model_dir: Path
+) -> None:
+    vllm.keep_alive_s = 0.05  # vLLM's --sse-keep-alive-interval, far below the deadline
+
+    async def scenario() -> float:
+        async with connected(vllm.base_url, tiny_model_dir, vllm_timeout_s=0.5) as remote:
+            started = time.perf_counter()
+            with pytest.raises(RemoteEngineFailed, match=r"did not answer within 0.5 s"):
+                await remote.generate(ChatRequest(messages=QUESTION), on_text=lambda _: None)
+            return time.perf_counter() - started
+
+    with vllm.stalling():
+        elapsed = run(scenario)
+    assert vllm.keep_alives_sent >= 3
+    assert elapsed < 3.0
 
 
 def test_the_base_url_may_be_given_with_or_without_v1() -> None:
     assert openai_base_url("http://vllm:8000") == "http://vllm:8000/v1"
     assert openai_base_url("http://vllm:8000/v1/") == "http://vllm:8000/v1"
     assert openai_base_url("https://lb.example/models/v1") == "https://lb.example/models/v1"
+
+
+# ------------------------------------------------------------------------------ the stand-in
+
+
+def test_the_stand_in_refuses_what_vllm_refuses(vllm: VLLMStub, engine: LocalEngine) -> None:
+    vllm.api_key = "vllm-secret"
+    headers = {"authorization": "Bearer vllm-secret"}
+    prompt = engine.certainty_prompt(QUESTION, "Paris.")
+    with httpx.Client(base_url=vllm.base_url, headers=headers, timeout=30) as client:
+        assert httpx.get(vllm.base_url.removesuffix("/v1") + "/health").status_code == 200
+        assert httpx.get(vllm.base_url + "/models").status_code == 401
+        cards = client.get("/models").json()["data"]
+        assert [(c["id"], c["parent"], c["max_model_len"]) for c in cards] == [
+            (BASE_MODEL, None, vllm.max_model_len),
+            (ADAPTER_MODEL, BASE_MODEL, None),
+        ]
+
+        def refusal(path: str, body: dict[str, Any]) -> tuple[Any, str]:
+            reply = client.post(path, json=body)
+            assert reply.status_code == 400, reply.text
+            return reply.json()["error"]["param"], reply.json()["error"]["message"]
+
+        chat = {"model": BASE_MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+        documents = [{"doc_id": 1, "text": "x"}]
+        assert refusal("/chat/completions", {**chat, "documents": documents})[0] == (
+            "body.documents.0.doc_id"
+        )
+        step = {"model": ADAPTER_MODEL, "prompt": prompt, "max_tokens": 1}
+        assert refusal("/completions", {**step, "logprobs": 21})[0] == "logprobs"
+        assert refusal("/completions", {**step, "logprob_token_ids": [1]})[0] == (
+            "logprob_token_ids"
+        )
+        vocabulary = vllm.max_token_id + 1
+        assert "out of vocabulary" in refusal("/completions", {**step, "prompt": [vocabulary]})[1]
+        message = client.post("/chat/completions", json={**chat, "max_tokens": 2}).json()
+        assert "reasoning" in message["choices"][0]["message"]
+        assert "reasoning_content" not in message["choices"][0]["message"]
 
 
 # ------------------------------------------------------------------------------------- gateway
@@ -360,6 +566,36 @@ def test_the_gateway_answers_through_vllm_when_the_engine_kind_is_vllm(
     assert body["certainty"]["served_by"] == BASE_MODEL
     assert len(body["certainty"]["distribution"]) == 10
     assert [path for path, _ in vllm.requests] == ["/v1/chat/completions", "/v1/completions"]
+
+
+def test_the_gateway_sends_documents_with_numbers_as_strings(
+    vllm: VLLMStub, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    documents = [{"doc_id": 1, "title": "France", "text": "Paris is the capital of France."}]
+    with gateway_on(vllm, tiny_model_dir, tmp_path, timeout_s=30) as gateway:
+        reply = gateway.post(
+            "/v1/chat/completions",
+            json={
+                "model": "granite",
+                "max_tokens": 4,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "documents": documents,
+            },
+        )
+    assert reply.status_code == 200, reply.text
+    (body,) = vllm.bodies("/v1/chat/completions")
+    assert body["documents"] == [{**documents[0], "doc_id": "1"}]
+
+
+def test_a_prompt_that_fills_the_context_is_a_400_context_length_exceeded(
+    vllm: VLLMStub, engine: LocalEngine, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    hello = ChatRequest(messages=(Message(role="user", content="Hello?"),))
+    vllm.max_model_len = engine.count_prompt_tokens(hello)
+    with gateway_on(vllm, tiny_model_dir, tmp_path, timeout_s=30) as gateway:
+        reply = gateway.post("/v1/chat/completions", json=CHAT)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["code"] == "context_length_exceeded"
 
 
 def test_the_gateway_answers_502_in_the_envelope_when_vllm_hangs(
