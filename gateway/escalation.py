@@ -218,19 +218,24 @@ class LiteLLMEscalator:
             async for chunk in chunks:
                 yield chunk
 
-        async for chunk in rest():
-            model = str(getattr(chunk, "model", None) or model)
-            usage = getattr(chunk, "usage", None)
-            if usage is not None:
-                prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or prompt_tokens)
-                completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-            for choice in getattr(chunk, "choices", None) or []:
-                text = getattr(choice.delta, "content", None) or ""
-                if choice.finish_reason:
-                    finish = _finish(choice.finish_reason)
-                if text:
-                    parts.append(text)
-                    yield EscalationDelta(text=text)
+        try:
+            async for chunk in rest():
+                model = str(getattr(chunk, "model", None) or model)
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or prompt_tokens)
+                    completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+                for choice in getattr(chunk, "choices", None) or []:
+                    text = getattr(choice.delta, "content", None) or ""
+                    if choice.finish_reason:
+                        finish = _finish(choice.finish_reason)
+                    if text:
+                        parts.append(text)
+                        yield EscalationDelta(text=text)
+        except Exception as exc:  # the upstream broke mid-answer (LiteLLM's types, as above)
+            raise EscalationFailed(
+                f"escalation to {target!r} failed mid-answer: {type(exc).__name__}"
+            ) from exc
         text = "".join(parts)
         cost = self._stream_cost(model, messages, text)
         yield EscalationDelta(

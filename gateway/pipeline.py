@@ -467,6 +467,11 @@ class Pipeline:
                 yield TextDelta(delta.text)
         except EscalationFailed as exc:
             if started:  # the upstream broke mid-answer: the client already has part of it
+                self.metrics.escalations.labels(policy.name, "error").inc()
+                log.warning(
+                    "escalation failed mid-answer; ending the stream with an error",
+                    extra={"policy": policy.name, "reason": exc.message},
+                )
                 raise
             fallback = self._escalation_failed(policy, local, exc)
             self._observe(fallback, timer)

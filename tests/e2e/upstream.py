@@ -1,7 +1,8 @@
 """A small OpenAI-compatible upstream for escalation tests: answers, hangs or fails by model name.
 
-`ok` answers (streaming too), `hang` never answers, `broken` answers HTTP 500. It counts the
-requests it saw, per model.
+`ok` answers (streaming too), `hang` never answers, `broken` answers HTTP 500, `dies` starts a
+streamed answer and drops the connection after its first words. It counts the requests it saw,
+per model.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Upstream:
                     self._json(500, {"error": {"message": "upstream broke", "type": "server"}})
                     return
                 if body.get("stream"):
-                    self._stream(model)
+                    self._stream(model, die_after=2 if model == "dies" else None)
                 else:
                     self._json(200, _completion(model))
 
@@ -52,13 +53,18 @@ class Upstream:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, model: str) -> None:
+            def _stream(self, model: str, die_after: int | None) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("connection", "close")
+                if die_after is not None:  # promise more than is sent: the client sees a cut
+                    self.send_header("content-length", "1000000")
                 self.end_headers()
                 words = ANSWER.split(" ")
                 for i, word in enumerate(words):
+                    if i == die_after:
+                        self.close_connection = True
+                        return
                     piece = word if i == 0 else " " + word
                     chunk = _chunk(model, {"content": piece}, None)
                     self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
