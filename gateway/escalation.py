@@ -82,19 +82,6 @@ def upstream_messages(
     return out
 
 
-def _sampling_kwargs(sampling: SamplingParams) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "max_tokens": sampling.max_tokens,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-    }
-    if sampling.stop:
-        kwargs["stop"] = list(sampling.stop)
-    if sampling.seed is not None:
-        kwargs["seed"] = sampling.seed
-    return kwargs
-
-
 def _missing_key(litellm: Any, deployment: Mapping[str, Any]) -> str | None:
     """Why `deployment` (a `model_list` entry) cannot authenticate, if no API key reaches it:
     neither in its `litellm_params` nor in the environment variable its provider reads."""
@@ -208,7 +195,7 @@ class LiteLLMEscalator:
                 response: Any = await self._router.acompletion(
                     model=target,
                     messages=upstream_messages(messages, documents),
-                    **_sampling_kwargs(sampling),
+                    **sampling.openai_kwargs(),
                 )
         choice = response.choices[0]
         usage = getattr(response, "usage", None)
@@ -241,7 +228,7 @@ class LiteLLMEscalator:
                     messages=upstream_messages(messages, documents),
                     stream=True,
                     stream_options={"include_usage": True},
-                    **_sampling_kwargs(sampling),
+                    **sampling.openai_kwargs(),
                 )
                 chunks = aiter(response)
                 first = await anext(chunks, None)
