@@ -158,7 +158,7 @@ class Pipeline:
     def _landed(self, lookup: Lookup) -> Completion | None:
         """The decision a flight brought to a caller that did not compute it (counted as a hit or
         a miss); None for a cached entry this gateway cannot read."""
-        if not lookup.cached:  # another caller's fresh decision, observed by that caller
+        if not lookup.cached:  # a fresh decision, observed where it was made
             self.metrics.cache_miss.inc()
             return Completion.from_json(lookup.value, cached=False)
         completion = self._read_hit(lookup.value)
