@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.config import CacheSettings
-from tests.api.conftest import FakeEscalator
+from tests.fakes import FakeEscalator
 from tests.servers import RedisServer
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
