@@ -73,11 +73,19 @@ class EngineSettings(_Section):
 
 
 class CacheSettings(_Section):
+    """The decision cache; with `url`, also the Redis that the rate limiter shares."""
+
     url: str | None = None
     ttl_s: int = Field(default=3600, gt=0)
     max_entries: int = Field(default=10_000, gt=0)
     timeout_s: float = Field(default=0.05, gt=0)
     key_prefix: str = "certainty-gateway:"
+    # Redis is single-threaded: a larger pool only makes cold bursts slower.
+    max_connections: int = Field(default=16, ge=1)
+    rate_limit_max_connections: int = Field(default=8, ge=1)
+    # After this many failed Redis calls in a row, Redis is left alone for the cool-down.
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=5.0, gt=0)
 
 
 class EscalationSettings(_Section):

@@ -8,10 +8,11 @@ only errors that can pass on their own (time-outs, rate limits, 5xx) are retried
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,17 +82,27 @@ def upstream_messages(
     return out
 
 
-def _sampling_kwargs(sampling: SamplingParams) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "max_tokens": sampling.max_tokens,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-    }
-    if sampling.stop:
-        kwargs["stop"] = list(sampling.stop)
-    if sampling.seed is not None:
-        kwargs["seed"] = sampling.seed
-    return kwargs
+def _missing_key(litellm: Any, deployment: Mapping[str, Any]) -> str | None:
+    """Why `deployment` (a `model_list` entry) cannot authenticate, if no API key reaches it:
+    neither in its `litellm_params` nor in the environment variable its provider reads."""
+    params = deployment.get("litellm_params") or {}
+    model = str(params.get("model", ""))
+    key = params.get("api_key")
+    try:
+        provider = str(litellm.get_llm_provider(model)[1])
+    except Exception:  # a model LiteLLM cannot place fails with its own error
+        return None
+    if isinstance(key, str) and key.startswith("os.environ/"):
+        variable = key.removeprefix("os.environ/")
+        missing = [] if os.environ.get(variable) else [variable]
+    elif key:
+        return None
+    else:
+        found = litellm.validate_environment(model=model, api_base=params.get("api_base"))
+        missing = list(found.get("missing_keys") or [])
+    if not missing:
+        return None
+    return f"no API key for provider {provider} (set {' or '.join(missing)})"
 
 
 def _finish(reason: Any) -> FinishReason | str:
@@ -113,6 +124,11 @@ class LiteLLMEscalator:
         self._settings = settings
         self._litellm = litellm
         self._targets = {str(m["model_name"]) for m in settings.model_list if "model_name" in m}
+        self._missing_keys = {
+            str(m["model_name"]): missing
+            for m in settings.model_list
+            if "model_name" in m and (missing := _missing_key(litellm, m)) is not None
+        }
         self._router = Router(
             model_list=[dict(m) for m in settings.model_list],
             num_retries=retries,
@@ -145,6 +161,27 @@ class LiteLLMEscalator:
         if target not in self._targets:
             raise EscalationFailed(f"no escalation model named {target!r} is configured")
 
+    @contextlib.contextmanager
+    def _translated(self, target: str, *, deadline: bool) -> Iterator[None]:
+        """Any failure inside as one `EscalationFailed` that says what went wrong and hides the
+        provider's text (it may echo the request). `deadline`: our time limit runs inside."""
+        try:
+            yield
+        except TimeoutError as exc:
+            if not deadline:
+                raise EscalationFailed(f"escalation to {target!r} timed out") from exc
+            raise EscalationFailed(
+                f"escalation to {target!r} timed out after {self._settings.timeout_s:g} s"
+            ) from exc
+        except Exception as exc:  # LiteLLM raises many provider-specific types
+            missing = self._missing_keys.get(target)
+            if missing is not None:
+                raise EscalationFailed(missing) from exc
+            when = "" if deadline else " mid-answer"
+            raise EscalationFailed(
+                f"escalation to {target!r} failed{when}: {type(exc).__name__}"
+            ) from exc
+
     async def complete(
         self,
         target: str,
@@ -153,21 +190,13 @@ class LiteLLMEscalator:
         sampling: SamplingParams,
     ) -> EscalationReply:
         self._check_target(target)
-        try:
+        with self._translated(target, deadline=True):
             async with asyncio.timeout(self._settings.timeout_s):
                 response: Any = await self._router.acompletion(
                     model=target,
                     messages=upstream_messages(messages, documents),
-                    **_sampling_kwargs(sampling),
+                    **sampling.openai_kwargs(),
                 )
-        except TimeoutError as exc:
-            raise EscalationFailed(
-                f"escalation to {target!r} timed out after {self._settings.timeout_s:g} s"
-            ) from exc
-        except Exception as exc:  # LiteLLM raises many provider-specific types
-            raise EscalationFailed(
-                f"escalation to {target!r} failed: {type(exc).__name__}"
-            ) from exc
         choice = response.choices[0]
         usage = getattr(response, "usage", None)
         return EscalationReply(
@@ -192,25 +221,17 @@ class LiteLLMEscalator:
         finish: str = "stop"
         model = target
         prompt_tokens = completion_tokens = 0
-        try:
+        with self._translated(target, deadline=True):
             async with asyncio.timeout(self._settings.timeout_s):
                 response: Any = await self._router.acompletion(
                     model=target,
                     messages=upstream_messages(messages, documents),
                     stream=True,
                     stream_options={"include_usage": True},
-                    **_sampling_kwargs(sampling),
+                    **sampling.openai_kwargs(),
                 )
                 chunks = aiter(response)
                 first = await anext(chunks, None)
-        except TimeoutError as exc:
-            raise EscalationFailed(
-                f"escalation to {target!r} timed out after {self._settings.timeout_s:g} s"
-            ) from exc
-        except Exception as exc:
-            raise EscalationFailed(
-                f"escalation to {target!r} failed: {type(exc).__name__}"
-            ) from exc
 
         async def rest() -> AsyncIterator[Any]:
             if first is not None:
@@ -218,19 +239,20 @@ class LiteLLMEscalator:
             async for chunk in chunks:
                 yield chunk
 
-        async for chunk in rest():
-            model = str(getattr(chunk, "model", None) or model)
-            usage = getattr(chunk, "usage", None)
-            if usage is not None:
-                prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or prompt_tokens)
-                completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-            for choice in getattr(chunk, "choices", None) or []:
-                text = getattr(choice.delta, "content", None) or ""
-                if choice.finish_reason:
-                    finish = _finish(choice.finish_reason)
-                if text:
-                    parts.append(text)
-                    yield EscalationDelta(text=text)
+        with self._translated(target, deadline=False):  # the upstream may break mid-answer
+            async for chunk in rest():
+                model = str(getattr(chunk, "model", None) or model)
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or prompt_tokens)
+                    completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+                for choice in getattr(chunk, "choices", None) or []:
+                    text = getattr(choice.delta, "content", None) or ""
+                    if choice.finish_reason:
+                        finish = _finish(choice.finish_reason)
+                    if text:
+                        parts.append(text)
+                        yield EscalationDelta(text=text)
         text = "".join(parts)
         cost = self._stream_cost(model, messages, text)
         yield EscalationDelta(

@@ -7,25 +7,47 @@ behind its worker), the policy store, the escalator and the decision cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
-
 from gateway.cache.base import DecisionCache
 from gateway.cache.key import cache_key, is_cacheable
-from gateway.cache.singleflight import SingleFlight, Uncached
-from gateway.certainty import Certainty, ScoreResult, ScoringMode, Unscored
+from gateway.cache.singleflight import Lookup, SingleFlight, Uncached
+from gateway.certainty import ScoreResult, ScoringMode
+from gateway.completion import (
+    Completion,
+    Decided,
+    Final,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    decided,
+    replay,
+)
 from gateway.engine.base import ChatRequest, Document, Generation, Message
 from gateway.errors import EscalationFailed, ModelNotFound
 from gateway.escalation import EscalationReply, Escalator
 from gateway.metrics import Metrics
 from gateway.policy import Action, Policy, PolicyStore, decide, policy_confidence
+
+__all__ = [  # the answer types, also importable from here
+    "AsyncEngine",
+    "Completion",
+    "CompletionInput",
+    "Decided",
+    "Final",
+    "Pipeline",
+    "StreamEvent",
+    "TextDelta",
+    "Usage",
+    "decided",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,142 +78,6 @@ class AsyncEngine(Protocol):
         documents: tuple[Document, ...] | list[Document] = (),
         mode: ScoringMode | None = None,
     ) -> ScoreResult: ...
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def fields(self) -> dict[str, int]:
-        """The stored fields (`Usage(**usage.fields())` rebuilds it)."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
-
-    def as_dict(self) -> dict[str, int]:
-        return {**self.fields(), "total_tokens": self.total_tokens}
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One decided request: what the client gets and why."""
-
-    text: str
-    finish_reason: str
-    action: Action
-    policy: str
-    served_by: str
-    certainty: ScoreResult
-    confidence: float
-    usage: Usage
-    local_usage: Usage
-    escalation_cost: float | None = None
-    escalation_error: str | None = None
-    cached: bool = False
-
-    def certainty_object(self) -> dict[str, Any]:
-        """The `certainty` object of the wire format."""
-        scored = self.certainty.as_dict()
-        body: dict[str, Any] = {
-            "score": scored["score"],
-            "confidence": scored["confidence"],
-            "expected_confidence": scored["expected_confidence"],
-            "distribution": scored["distribution"],
-            "mode": scored["mode"],
-            "action": self.action.value,
-            "policy": self.policy,
-            "served_by": self.served_by,
-            "cached": self.cached,
-            "local_usage": self.local_usage.as_dict(),
-        }
-        if self.escalation_cost is not None:
-            body["escalation_cost"] = self.escalation_cost
-        if self.escalation_error is not None:
-            body["escalation_error"] = self.escalation_error
-        return body
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "text": self.text,
-                "finish_reason": self.finish_reason,
-                "action": self.action.value,
-                "policy": self.policy,
-                "served_by": self.served_by,
-                "certainty": self.certainty.as_dict(),
-                "confidence": self.confidence,
-                "usage": self.usage.fields(),
-                "local_usage": self.local_usage.fields(),
-                "escalation_cost": self.escalation_cost,
-                "escalation_error": self.escalation_error,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, raw: bytes, *, cached: bool = True) -> Completion:
-        data = orjson.loads(raw)
-        scored = data["certainty"]
-        certainty: ScoreResult
-        if scored["score"] is None:
-            certainty = Unscored(reply=scored.get("unscored_reply", ""), mode=scored["mode"])
-        else:
-            dist = scored["distribution"]
-            certainty = Certainty(
-                score=scored["score"],
-                confidence=scored["confidence"],
-                expected_confidence=scored["expected_confidence"],
-                distribution=tuple(dist) if dist is not None else None,
-                mode=scored["mode"],
-            )
-        return cls(
-            text=data["text"],
-            finish_reason=data["finish_reason"],
-            action=Action(data["action"]),
-            policy=data["policy"],
-            served_by=data["served_by"],
-            certainty=certainty,
-            confidence=data["confidence"],
-            usage=Usage(**data["usage"]),
-            local_usage=Usage(**data["local_usage"]),
-            escalation_cost=data["escalation_cost"],
-            escalation_error=data["escalation_error"],
-            cached=cached,
-        )
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Decided:
-    """The decision, known before any text is sent (for the response headers)."""
-
-    action: Action
-    certainty: ScoreResult | None
-    confidence: float | None
-    cached: bool
-
-
-@dataclass(frozen=True)
-class Final:
-    completion: Completion
-
-
-StreamEvent = Decided | TextDelta | Final
-
-
-def decided(completion: Completion) -> Decided:
-    return Decided(
-        action=completion.action,
-        certainty=completion.certainty,
-        confidence=completion.confidence,
-        cached=completion.cached,
-    )
 
 
 @dataclass(frozen=True)
@@ -269,14 +155,16 @@ class Pipeline:
             tenant=inp.tenant,
         )
 
-    async def _lookup(self, key: str | None) -> Completion | None:
-        if key is None:
-            return None
-        raw = await self.cache.get(key)
-        if raw is None:
+    def _landed(self, lookup: Lookup) -> Completion | None:
+        """The decision a flight brought to a caller that did not compute it (counted as a hit or
+        a miss); None for a cached entry this gateway cannot read."""
+        if not lookup.cached:  # a fresh decision, observed where it was made
             self.metrics.cache_miss.inc()
-            return None
-        return self._read_hit(raw)
+            return Completion.from_json(lookup.value, cached=False)
+        completion = self._read_hit(lookup.value)
+        if completion is not None:
+            self._observe(completion, None)
+        return completion
 
     def _read_hit(self, raw: bytes) -> Completion | None:
         """A cached decision, counted as a hit; None (counted as an error) for an entry this
@@ -290,55 +178,59 @@ class Pipeline:
         self.metrics.cache_hit.inc()
         return completion
 
-    async def _store(self, key: str | None, completion: Completion) -> None:
-        if key is not None and completion.escalation_error is None:
+    async def _store(self, key: str, completion: Completion) -> None:
+        if completion.escalation_error is None:
             await self.cache.set(key, completion.to_json(), self.cache_ttl_s)
+
+    def _fly(self, key: str, decide: Callable[[], Awaitable[Completion]]) -> Awaitable[Lookup]:
+        """Single flight: concurrent identical misses decide once (across replicas too, with
+        Redis); a fallback after a failed escalation is served to the flight, not remembered."""
+
+        async def compute() -> bytes | Uncached:
+            return _flight_value([Final(await decide())])
+
+        return self.flights.get_or_compute(key, compute, ttl_s=self.cache_ttl_s)
+
+    def _prepared(self, inp: CompletionInput) -> tuple[Policy, ChatRequest, str | None]:
+        policy = self.policy(inp.policy)
+        inp = self._capped(policy, inp)
+        return policy, inp.request, self.key(policy, inp)
 
     # ------------------------------------------------------------- non-streaming
 
     async def complete(self, inp: CompletionInput) -> Completion:
-        policy = self.policy(inp.policy)
-        inp = self._capped(policy, inp)
-        key = self.key(policy, inp)
+        policy, request, key = self._prepared(inp)
         if key is None:
-            return await self._decide(policy, inp)
-
-        async def compute() -> bytes | Uncached:
-            completion = await self._decide(policy, inp)
-            raw = completion.to_json()
-            # A fallback after a failed escalation is served, but not remembered.
-            return Uncached(raw) if completion.escalation_error else raw
-
-        # Concurrent identical misses compute once (across replicas too, with Redis).
-        lookup = await self.flights.get_or_compute(key, compute, ttl_s=self.cache_ttl_s)
-        if not lookup.cached:
-            self.metrics.cache_miss.inc()
-            return Completion.from_json(lookup.value, cached=False)
-        completion = self._read_hit(lookup.value)
-        if completion is None:
-            completion = await self._decide(policy, inp)
+            return await self._decide(policy, request)
+        completion = self._landed(await self._fly(key, lambda: self._decide(policy, request)))
+        if completion is None:  # an unreadable entry: decide afresh and overwrite it
+            completion = await self._decide(policy, request)
             await self._store(key, completion)
-            return completion
-        self._observe(completion, None)
         return completion
 
-    async def _decide(self, policy: Policy, inp: CompletionInput) -> Completion:
+    async def _decide(self, policy: Policy, request: ChatRequest) -> Completion:
         timer = _Timer()
-        request = inp.request
-        generation: Generation = await timer.time("generate", self.engine.generate(request))
-        certainty: ScoreResult = await timer.time(
-            "score", self.engine.score(request.messages, generation.text, request.documents)
-        )
-        action = decide(policy, certainty)
-        local = self._local(policy, generation, certainty, action)
-        if action is Action.ESCALATE:
+        local = await self._generate_and_decide(policy, request, timer)
+        if local.action is Action.ESCALATE:
             local = await timer.time("escalate", self._escalate(policy, request, local))
         self._observe(local, timer)
         return local
 
-    def _local(
-        self, policy: Policy, generation: Generation, certainty: ScoreResult, action: Action
+    async def _generate_and_decide(
+        self,
+        policy: Policy,
+        request: ChatRequest,
+        timer: _Timer,
+        on_text: Callable[[str], None] | None = None,
     ) -> Completion:
+        """The local answer, its certainty and the policy's action on it (not yet acted on)."""
+        generation: Generation = await timer.time(
+            "generate", self.engine.generate(request, on_text=on_text)
+        )
+        certainty: ScoreResult = await timer.time(
+            "score", self.engine.score(request.messages, generation.text, request.documents)
+        )
+        action = decide(policy, certainty)
         usage = Usage(generation.prompt_tokens, generation.completion_tokens)
         withheld = action is Action.WITHHOLD
         return Completion(
@@ -410,41 +302,52 @@ class Pipeline:
 
         A policy that always returns streams the local tokens as they are generated. Any other
         policy holds the local answer until the decision, so a withheld text never leaves; an
-        escalated answer streams the upstream's chunks as they come.
+        escalated answer streams the upstream's chunks as they come. Identical concurrent misses
+        share one flight, as in `complete`: the caller that computes streams live, the others get
+        the decision replayed.
         """
-        policy = self.policy(inp.policy)
-        inp = self._capped(policy, inp)
-        key = self.key(policy, inp)
-        hit = await self._lookup(key)
-        if hit is not None:
-            self._observe(hit, None)
-            yield decided(hit)
-            yield TextDelta(hit.text)
-            yield Final(hit)
-            return
-        timer = _Timer()
-        request = inp.request
-        if policy.always_returns:
-            completion: Completion | None = None
-            async for event in self._stream_local(policy, request, timer):
-                if isinstance(event, Final):
-                    completion = event.completion
+        policy, request, key = self._prepared(inp)
+        if key is None:
+            async for event in self._stream_fresh(policy, request):
                 yield event
-            if completion is not None:
-                await self._store(key, completion)
             return
-        generation = await timer.time("generate", self.engine.generate(request))
-        certainty = await timer.time(
-            "score", self.engine.score(request.messages, generation.text, request.documents)
+        lookup: Lookup | None = None
+        led = False
+        flight = self.flights.get_or_stream(
+            key, lambda: self._stream_fresh(policy, request), _flight_value, ttl_s=self.cache_ttl_s
         )
-        action = decide(policy, certainty)
-        local = self._local(policy, generation, certainty, action)
-        if action is not Action.ESCALATE:
+        async with contextlib.aclosing(flight):
+            async for item in flight:
+                if isinstance(item, Lookup):
+                    lookup = item
+                else:
+                    led = True
+                    yield item
+        assert lookup is not None
+        if led:
+            self.metrics.cache_miss.inc()
+            return
+        completion = self._landed(lookup)
+        if completion is None:  # an unreadable entry: decide afresh and overwrite it
+            completion = await self._decide(policy, request)
+            await self._store(key, completion)
+        for event in replay(completion):
+            yield event
+
+    async def _stream_fresh(
+        self, policy: Policy, request: ChatRequest
+    ) -> AsyncIterator[StreamEvent]:
+        """A decision made now, as stream events; observed once it is made."""
+        timer = _Timer()
+        if policy.always_returns:
+            async for event in self._stream_local(policy, request, timer):
+                yield event
+            return
+        local = await self._generate_and_decide(policy, request, timer)
+        if local.action is not Action.ESCALATE:
             self._observe(local, timer)
-            await self._store(key, local)
-            yield decided(local)
-            yield TextDelta(local.text)
-            yield Final(local)
+            for event in replay(local):
+                yield event
             return
         assert policy.escalate_to is not None
         begun = time.perf_counter()
@@ -461,38 +364,38 @@ class Pipeline:
                     timer.stages["escalate"] = time.perf_counter() - begun
                     completion = self._escalated(local, delta.reply)
                     self._observe(completion, timer)
-                    await self._store(key, completion)
                     yield Final(completion)
                     return
                 yield TextDelta(delta.text)
         except EscalationFailed as exc:
             if started:  # the upstream broke mid-answer: the client already has part of it
+                self.metrics.escalations.labels(policy.name, "error").inc()
+                log.warning(
+                    "escalation failed mid-answer; ending the stream with an error",
+                    extra={"policy": policy.name, "reason": exc.message},
+                )
                 raise
             fallback = self._escalation_failed(policy, local, exc)
             self._observe(fallback, timer)
-            yield decided(fallback)
-            yield TextDelta(fallback.text)
-            yield Final(fallback)
+            for event in replay(fallback):
+                yield event
 
     async def _stream_local(
         self, policy: Policy, request: ChatRequest, timer: _Timer
     ) -> AsyncIterator[StreamEvent]:
+        """The local answer's text as it is generated, then its decision."""
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        generating = asyncio.ensure_future(
-            timer.time("generate", self.engine.generate(request, on_text=pieces.put_nowait))
+        deciding = asyncio.ensure_future(
+            self._generate_and_decide(policy, request, timer, on_text=pieces.put_nowait)
         )
-        generating.add_done_callback(lambda _: pieces.put_nowait(None))
+        deciding.add_done_callback(lambda _: pieces.put_nowait(None))
         try:
             while (piece := await pieces.get()) is not None:
                 yield TextDelta(piece)
-            generation: Generation = await generating
+            completion = await deciding
         finally:
-            if not generating.done():
-                generating.cancel()
-        certainty = await timer.time(
-            "score", self.engine.score(request.messages, generation.text, request.documents)
-        )
-        completion = self._local(policy, generation, certainty, decide(policy, certainty))
+            if not deciding.done():
+                deciding.cancel()
         self._observe(completion, timer)
         yield Final(completion)
 
@@ -513,3 +416,12 @@ class Pipeline:
         if timer is not None:
             for stage, seconds in timer.stages.items():
                 self.metrics.stage_latency_of(stage).observe(seconds)
+
+
+def _flight_value(events: list[StreamEvent]) -> bytes | Uncached:
+    """The decision a streamed flight stores, from its `Final` event; a fallback after a failed
+    escalation is served to the flight, not remembered."""
+    final = events[-1]
+    assert isinstance(final, Final)
+    raw = final.completion.to_json()
+    return Uncached(raw) if final.completion.escalation_error else raw

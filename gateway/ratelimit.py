@@ -18,16 +18,10 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import urlsplit
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from gateway.cache.base import CacheStatus
-from gateway.cache.breaker import CircuitBreaker
+from gateway.cache.connection import RedisLink, connect
 from gateway.config import CacheSettings, LimitSettings
-from gateway.errors import ConfigError
 
 _OK = CacheStatus("ok")
 
@@ -107,55 +101,29 @@ class RedisRateLimiter:
     """GCRA in Redis, shared by replicas; falls back to `fallback` while Redis is unusable."""
 
     def __init__(
-        self,
-        client: Redis,
-        fallback: LocalRateLimiter,
-        *,
-        timeout_s: float,
-        key_prefix: str,
-        where: str,
-        failure_threshold: int = 5,
-        cooldown_s: float = 5.0,
+        self, link: RedisLink, fallback: LocalRateLimiter, settings: CacheSettings
     ) -> None:
-        self._client = client
-        self._script = client.register_script(_GCRA)
+        self._link = link
+        self._client = link.client
+        self._script = link.client.register_script(_GCRA)
         self._fallback = fallback
-        self._timeout_s = timeout_s
-        self._prefix = key_prefix + "ratelimit:"
-        self._where = where
+        self._timeout_s = settings.timeout_s
+        self._prefix = settings.key_prefix + "ratelimit:"
+        self._where = link.where
         self._args = (repr(fallback.interval), repr(fallback.tolerance))
-        self._breaker = CircuitBreaker(
-            f"redis rate limiter at {where}",
-            failure_threshold=failure_threshold,
-            cooldown_s=cooldown_s,
-        )
+        self._breaker = link.breaker("redis rate limiter", settings)
 
     @classmethod
     def from_url(
-        cls, url: str, fallback: LocalRateLimiter, *, timeout_s: float, key_prefix: str
+        cls, url: str, fallback: LocalRateLimiter, settings: CacheSettings
     ) -> RedisRateLimiter:
-        try:
-            pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=8,
-                timeout=timeout_s,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 0),
-                lib_name=None,
-                lib_version=None,
-            )
-        except ValueError as exc:  # redis-py's messages name the bad part, never the password
-            raise ConfigError(f"cache.url (or GATEWAY_CACHE__URL): {exc}") from exc
-        parts = urlsplit(url)
-        where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
-        return cls(
-            Redis.from_pool(pool),
-            fallback,
-            timeout_s=timeout_s,
-            key_prefix=key_prefix,
-            where=f"{parts.scheme}://{where}",
+        """A limiter on `url`, on a pool of `settings.rate_limit_max_connections`."""
+        link = connect(
+            url,
+            timeout_s=settings.timeout_s,
+            max_connections=settings.rate_limit_max_connections,
         )
+        return cls(link, fallback, settings)
 
     @property
     def status(self) -> CacheStatus:
@@ -173,8 +141,7 @@ class RedisRateLimiter:
             self._breaker.abandon()
             raise
         except Exception as exc:  # fail open: limit in this process instead
-            reason = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
-            self._breaker.record_failure(reason)
+            self._breaker.record_failure(self._link.reason(exc, self._timeout_s))
             return self._fallback.acquire_now(key)
         self._breaker.record_success()
         return float(wait)
@@ -190,6 +157,4 @@ def build_rate_limiter(limits: LimitSettings, cache: CacheSettings) -> RateLimit
     local = LocalRateLimiter(limits.requests_per_minute, limits.rate_limit_burst)
     if cache.url is None:
         return local
-    return RedisRateLimiter.from_url(
-        cache.url, local, timeout_s=cache.timeout_s, key_prefix=cache.key_prefix
-    )
+    return RedisRateLimiter.from_url(cache.url, local, cache)

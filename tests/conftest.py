@@ -1,4 +1,5 @@
-"""Shared fixtures: the miniature Granite model, built once per test session; a redis-server."""
+"""Shared fixtures: the miniature Granite model, built once per test session; a redis-server; a
+folder of the test policies."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from gateway.engine.local import LocalEngine, ModelSource
 from gateway.engine.tiny import make_tiny_model
+from tests.fakes import POLICIES
 from tests.servers import RedisServer
 
 
@@ -38,3 +40,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def policies_dir(tmp_path: Path) -> Path:
+    """A fresh folder holding `tests.fakes.POLICIES`, one file each."""
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    for name, body in POLICIES.items():
+        (folder / f"{name}.yaml").write_text(body)
+    return folder

@@ -1,14 +1,18 @@
-"""Real servers for tests: a free port to put one on, and a redis-server that tests may kill,
-freeze and restart."""
+"""Real servers for tests: a free port to put one on, a redis-server that tests may kill, freeze
+and restart, and the base of the local HTTP stubs that stand in for remote services."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Self
 
 
 def free_port() -> int:
@@ -86,3 +90,63 @@ class RedisServer:
             assert self._running().poll() is None, "redis-server exited at start"
             time.sleep(0.02)
         raise AssertionError("redis-server did not answer PING within 10 s")
+
+
+class LocalHTTPStub:
+    """A threaded HTTP server on a free local port that stands in for a remote service.
+
+    Subclasses answer each POST in `post(handler, body)` (`body`: the parsed JSON), with
+    `send_json` for a whole JSON reply. `release` is set on stop, so a handler that holds a
+    request (`release.wait(...)`) lets go. Start and stop it, or use it as a context manager.
+    """
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                stub.post(self, json.loads(self.rfile.read(length) or b"{}"))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL (ending in `/v1`)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def post(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def send_json(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -25,7 +25,7 @@ from gateway.engine.base import Document, Message, SamplingParams
 from gateway.engine.local import LocalEngine
 from gateway.escalation import EscalationReply
 from gateway.logs import JsonFormatter, Redactor, configure_logging, mask_also
-from tests.api.conftest import POLICIES, FakeEscalator
+from tests.fakes import FakeEscalator
 
 KEY = "sk-test-logs-0123456789"
 PROMPT = "What is the favourite colour of the Zyxwvut river?"
@@ -162,15 +162,6 @@ def captured() -> Iterator[io.StringIO]:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-
-
-@pytest.fixture
-def policies_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "policies"
-    folder.mkdir()
-    for name, body in POLICIES.items():
-        (folder / f"{name}.yaml").write_text(body)
-    return folder
 
 
 @pytest.fixture

@@ -12,15 +12,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from gateway import __version__
 from gateway.api.auth import KeyRing, reload_keys
-from gateway.api.chat import DOCUMENTED_ROUTE, ChatEndpoint, ChatFirst
+from gateway.api.chat import ChatEndpoint, ChatFirst
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import edge
+from gateway.api.openapi import openapi_document
 from gateway.api.routes import router
 from gateway.api.state import GatewayState, StateCollector
 from gateway.cache import build_cache, build_single_flight
@@ -79,7 +78,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
-    _document(app, DOCUMENTED_ROUTE)
+    _document(app, settings)
     app.add_middleware(edge, max_body_bytes=settings.limits.max_body_bytes)  # as the chat route's
     return app
 
@@ -100,17 +99,12 @@ class GatewayAPI(FastAPI):
         return ChatFirst(self.chat, super().build_middleware_stack())
 
 
-def _document(app: FastAPI, *routes: BaseRoute) -> None:
-    """Adds `routes`, served outside FastAPI's router, to the app's OpenAPI document."""
+def _document(app: FastAPI, settings: Settings) -> None:
+    """The app's OpenAPI document says what the server does (`gateway.api.openapi`)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=[*app.routes, *routes],
-            )
+            app.openapi_schema = openapi_document(app, settings.auth)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

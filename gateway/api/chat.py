@@ -5,7 +5,7 @@ A cache hit costs less than FastAPI's own middleware, routing and dependency sol
 behind the gateway's HTTP edge (`gateway.api.middleware`), and everything else to FastAPI. The
 endpoint does what FastAPI would have done for it, with the same functions: the API key and rate
 limit (`admit`), the body's validation against `ChatCompletionBody` with the same 400 envelope,
-the error envelopes. The route is described in the OpenAPI document by `DOCUMENTED_ROUTE`, which
+the error envelopes. The route is described in the OpenAPI document by `documented_route`, which
 is never served.
 """
 
@@ -26,7 +26,13 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.auth import admit, authorize_policy, require_api_key
-from gateway.api.errors import failed_response, http_error_response, validation_error_response
+from gateway.api.errors import (
+    error_responses,
+    failed_response,
+    http_error_response,
+    request_error_statuses,
+    validation_error_response,
+)
 from gateway.api.schemas import ChatCompletionBody
 from gateway.api.state import GatewayState
 from gateway.api.wire import (
@@ -255,22 +261,30 @@ async def _chain(
         yield event
 
 
-async def _documented(body: ChatCompletionBody) -> dict[str, Any]:
-    """Answer a chat conversation; `model` names the policy.
+def documented_route(*, keys: bool) -> APIRoute:
+    """`ChatEndpoint` as FastAPI would declare it, for the OpenAPI document only (never served):
+    the body model it validates with, the description of `ChatEndpoint.complete`, every error
+    status `gateway.errors` defines, and the bearer scheme when the gateway has `keys`."""
 
-    The response is OpenAI's `chat.completion` (or, with `stream: true`, its server-sent
-    `chat.completion.chunk` events) with one more object, `certainty`: the score, the
-    confidence, the policy's action and whether the decision came from the cache.
-    """
-    raise NotImplementedError  # never served: `ChatEndpoint` answers this path
+    async def chat_completions(body: ChatCompletionBody) -> dict[str, Any]:
+        raise NotImplementedError  # never served: `ChatEndpoint` answers this path
+
+    chat_completions.__doc__ = f"{ChatEndpoint.complete.__doc__}\n\n{_RESPONSE}"
+    streamed = {"text/event-stream": {"schema": {"type": "string"}}}
+    return APIRoute(
+        CHAT_PATH,
+        chat_completions,
+        methods=["POST"],
+        name="chat_completions",
+        response_model=None,
+        responses={
+            200: {"description": "The answer, or its stream", "content": streamed},
+            **error_responses(*request_error_statuses()),
+        },
+        dependencies=[Depends(require_api_key)] if keys else [],  # the bearer scheme
+    )
 
 
-DOCUMENTED_ROUTE = APIRoute(
-    CHAT_PATH,
-    _documented,
-    methods=["POST"],
-    name="chat_completions",
-    response_model=None,
-    dependencies=[Depends(require_api_key)],  # documents the bearer scheme
-)
-"""The route as FastAPI would declare it, for the OpenAPI document only (see `create_app`)."""
+_RESPONSE = """The response is OpenAI's `chat.completion` (or, with `stream: true`, its server-sent
+`chat.completion.chunk` events) with one more object, `certainty`: the score, the confidence, the
+policy's action and whether the decision came from the cache."""

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import AuthenticationFailed, GatewayError, Overloaded, RateLimited
+from gateway.errors import (
+    AuthenticationFailed,
+    ClientError,
+    GatewayError,
+    Overloaded,
+    RateLimited,
+    ServiceError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +29,35 @@ def envelope(
     message: str, error_type: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error response, as OpenAI's."""
+
+    error: ErrorDetail
+
+
+def request_error_statuses() -> list[int]:
+    """Every status a request can end with, but 200: those of the errors in `gateway.errors`."""
+    statuses: set[int] = set()
+    pending: list[type[GatewayError]] = [ClientError, ServiceError]
+    while pending:
+        kind = pending.pop()
+        statuses.add(kind.status_code)
+        pending.extend(kind.__subclasses__())
+    return sorted(statuses)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error statuses, each with the envelope."""
+    return {s: {"model": ErrorEnvelope, "description": HTTPStatus(s).phrase} for s in statuses}
 
 
 def error_response(exc: GatewayError) -> JSONResponse:

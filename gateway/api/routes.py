@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from gateway.api.auth import allowed_policies, require_api_key
+from gateway.api.errors import error_responses
 from gateway.api.state import GatewayState
 
 router = APIRouter()
@@ -23,7 +24,7 @@ async def get_state(request: Request) -> GatewayState:
 State = Annotated[GatewayState, Depends(get_state)]
 
 
-api = APIRouter(dependencies=[Depends(require_api_key)])
+api = APIRouter(dependencies=[Depends(require_api_key)], responses=error_responses(401, 403, 429))
 """The `/v1` routes FastAPI serves; chat completions is `gateway.api.chat`'s."""
 
 
@@ -54,7 +55,11 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready", response_model=None)
+@router.get(
+    "/health/ready",
+    response_model=None,
+    responses={503: {"description": "Not ready: the same report says why"}},
+)
 async def ready(state: State) -> JSONResponse:
     """Ready once the model is loaded (or, with vLLM, served) and the policies are valid;
     reports the cache."""
@@ -62,7 +67,7 @@ async def ready(state: State) -> JSONResponse:
     return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: State) -> Response:
     """Prometheus metrics."""
     state.metrics.queue_depth.set(state.queue_depth())

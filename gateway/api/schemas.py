@@ -52,7 +52,9 @@ class TextPart(BaseModel):
 
 class WireMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
+    # Documented as the roles served; any other is refused by `to_request` with a 400 that
+    # names the parameter (a plain `Literal` would give a generic validation message).
+    role: Annotated[str, Field(json_schema_extra={"enum": ["system", "user", "assistant"]})]
     content: str | list[dict[str, Any]] | None = None
 
     def text(self, index: int) -> str:

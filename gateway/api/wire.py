@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.certainty import Certainty, ScoreResult
-from gateway.pipeline import Completion, Decided
+from gateway.completion import Completion, Decided
 
 
 def completion_id() -> str:
@@ -60,6 +60,28 @@ def completion_header_list(completion: Completion) -> list[tuple[bytes, bytes]]:
     return [(name.encode(), value.encode()) for name, value in headers.items()]
 
 
+def certainty_object(completion: Completion) -> dict[str, Any]:
+    """The `certainty` object of a response body or of a stream's last chunk."""
+    scored = completion.certainty.as_dict()
+    body: dict[str, Any] = {
+        "score": scored["score"],
+        "confidence": scored["confidence"],
+        "expected_confidence": scored["expected_confidence"],
+        "distribution": scored["distribution"],
+        "mode": scored["mode"],
+        "action": completion.action.value,
+        "policy": completion.policy,
+        "served_by": completion.served_by,
+        "cached": completion.cached,
+        "local_usage": completion.local_usage.as_dict(),
+    }
+    if completion.escalation_cost is not None:
+        body["escalation_cost"] = completion.escalation_cost
+    if completion.escalation_error is not None:
+        body["escalation_error"] = completion.escalation_error
+    return body
+
+
 def completion_body(completion: Completion, *, request_id: str, created: int) -> dict[str, Any]:
     return {
         "id": request_id,
@@ -76,7 +98,7 @@ def completion_body(completion: Completion, *, request_id: str, created: int) ->
         ],
         "usage": completion.usage.as_dict(),
         "system_fingerprint": None,
-        "certainty": completion.certainty_object(),
+        "certainty": certainty_object(completion),
     }
 
 
@@ -112,7 +134,7 @@ class ChunkWriter:
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
     def finish(self, completion: Completion) -> list[bytes]:
-        certainty = completion.certainty_object()
+        certainty = certainty_object(completion)
         choice = {
             "index": 0,
             "delta": {},

@@ -34,9 +34,7 @@ def build_cache(settings: CacheSettings) -> DecisionCache:
         return MemoryCache(settings.max_entries)
     from gateway.cache.redis import RedisCache
 
-    return RedisCache.from_url(
-        settings.url, timeout_s=settings.timeout_s, key_prefix=settings.key_prefix
-    )
+    return RedisCache.from_url(settings.url, settings)
 
 
 def build_single_flight(cache: DecisionCache, settings: CacheSettings) -> SingleFlight:

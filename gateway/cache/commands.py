@@ -38,11 +38,8 @@ def _clear(args: argparse.Namespace) -> int:
 async def _clear_redis(url: str, settings: CacheSettings, policy: str | None) -> int:
     from gateway.cache.redis import RedisCache
 
-    cache = RedisCache.from_url(
-        url,
-        timeout_s=max(settings.timeout_s, CLEAR_TIMEOUT_S),
-        key_prefix=settings.key_prefix,
-    )
+    patient = settings.model_copy(update={"timeout_s": max(settings.timeout_s, CLEAR_TIMEOUT_S)})
+    cache = RedisCache.from_url(url, patient)
     try:
         return await cache.clear(policy)
     finally:

@@ -18,25 +18,15 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from gateway.cache.base import CacheStatus, CacheUnavailable
-from gateway.cache.breaker import CircuitBreaker
-from gateway.errors import ConfigError
+from gateway.cache.connection import RedisLink, connect
+from gateway.config import CacheSettings
 
 T = TypeVar("T")
 
-# Not in CacheSettings (yet): tuned here.
-BREAKER_FAILURES = 5
-BREAKER_COOLDOWN_S = 5.0
-MAX_CONNECTIONS = 16  # Redis is single-threaded: more only makes cold bursts slower
 CLEAR_BATCH = 500
 _DIGEST_GLOB = "?" * 64  # a key is `{policy}:{sha256 hex}`; lock keys end in ":lock" and differ
-_SCHEMES = ("redis", "rediss", "unix")
 
 # Delete the lock only if this replica still owns it (it may have expired and been retaken).
 _RELEASE = """
@@ -50,80 +40,28 @@ class _Unavailable(Exception):
 
 
 class RedisCache:
-    """Decisions in Redis under `key_prefix`, each written with a TTL.
+    """Decisions in Redis under `settings.key_prefix`, each written with a TTL.
 
-    Build one with `RedisCache.from_url`; the constructor takes a ready client so other callers
-    can pass their own. `where` names the server in log lines and must hold no secret; `secret`
-    (the password) is masked in failure reasons should a server ever echo it. After
-    `failure_threshold` failures in a row, Redis is left alone for `cooldown_s` seconds.
+    Build one with `RedisCache.from_url`; the constructor takes a ready `RedisLink` so other
+    callers can pass their own. Every call is limited to `settings.timeout_s`; after
+    `settings.breaker_failures` failures in a row, Redis is left alone for
+    `settings.breaker_cooldown_s` seconds.
     """
 
-    def __init__(
-        self,
-        client: Redis,
-        *,
-        timeout_s: float,
-        key_prefix: str,
-        where: str,
-        secret: str | None = None,
-        failure_threshold: int = BREAKER_FAILURES,
-        cooldown_s: float = BREAKER_COOLDOWN_S,
-    ) -> None:
-        self._client = client
-        self._timeout_s = timeout_s
-        self._prefix = key_prefix
-        self._where = where
-        self._secret = secret
-        self._breaker = CircuitBreaker(
-            f"redis cache at {where}", failure_threshold=failure_threshold, cooldown_s=cooldown_s
-        )
+    def __init__(self, link: RedisLink, settings: CacheSettings) -> None:
+        self._link = link
+        self._client = link.client
+        self._timeout_s = settings.timeout_s
+        self._prefix = settings.key_prefix
+        self._where = link.where
+        self._breaker = link.breaker("redis cache", settings)
         self._reads = ReadBatcher(self._get_many)
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        timeout_s: float,
-        key_prefix: str,
-        failure_threshold: int = BREAKER_FAILURES,
-        cooldown_s: float = BREAKER_COOLDOWN_S,
-    ) -> RedisCache:
-        """A cache on a `redis://`, `rediss://` or `unix://` URL (password or ACL user in it).
-
-        The pool blocks for a free connection at most `timeout_s` (rather than failing at once
-        under a burst), and redis-py's own retries are off: the time limit is ours to spend.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in _SCHEMES:
-            raise ConfigError(
-                "cache.url (or GATEWAY_CACHE__URL): the scheme must be redis://, rediss:// or "
-                f"unix://, not {parts.scheme + '://' if parts.scheme else 'none'}"
-            )
-        try:
-            where = _describe_url(url)
-            pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=timeout_s,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 0),
-                lib_name=None,
-                lib_version=None,
-            )
-        except ValueError as exc:  # redis-py's messages name the bad part, never the password
-            raise ConfigError(f"cache.url (or GATEWAY_CACHE__URL): {exc}") from exc
-        secret = unquote(parts.password) if parts.password else None
-        return cls(
-            Redis.from_pool(pool),
-            timeout_s=timeout_s,
-            key_prefix=key_prefix,
-            where=where,
-            secret=secret,
-            failure_threshold=failure_threshold,
-            cooldown_s=cooldown_s,
-        )
+    def from_url(cls, url: str, settings: CacheSettings) -> RedisCache:
+        """A cache on `url` (see `connect`), on a pool of `settings.max_connections`."""
+        link = connect(url, timeout_s=settings.timeout_s, max_connections=settings.max_connections)
+        return cls(link, settings)
 
     @property
     def status(self) -> CacheStatus:
@@ -224,13 +162,7 @@ class RedisCache:
             return
 
     def _reason(self, exc: BaseException) -> str:
-        if isinstance(exc, TimeoutError) and not str(exc):
-            text = f"no answer within {self._timeout_s:g} s"
-        else:
-            text = str(exc)[:200]
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        return f"{type(exc).__name__}: {text}"
+        return self._link.reason(exc, self._timeout_s)
 
 
 class ReadBatcher:
@@ -289,16 +221,6 @@ def _waiting(
 ) -> Iterator[asyncio.Future[bytes | None]]:
     for waiters in queued.values():
         yield from (waiter for waiter in waiters if not waiter.done())
-
-
-def _describe_url(url: str) -> str:
-    """The URL without user or password, for log lines."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    host = parts.hostname or "localhost"
-    port = parts.port or 6379
-    return f"{parts.scheme}://{host}:{port}{parts.path or ''}"
 
 
 def _escape_glob(text: str) -> str:

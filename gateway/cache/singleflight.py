@@ -14,8 +14,9 @@ than the lock's time to live. Every step fails open: an unusable cache means "co
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gateway.cache.base import DecisionCache, ReplicaLock
 
@@ -39,6 +40,7 @@ class Uncached:
 
 
 Compute = Callable[[], Awaitable["bytes | Uncached"]]
+E = TypeVar("E")
 
 
 class SingleFlight:
@@ -85,6 +87,37 @@ class SingleFlight:
             task.add_done_callback(lambda done: self._land(key, done))
         return await asyncio.shield(task)
 
+    async def get_or_stream(
+        self,
+        key: str,
+        events: Callable[[], AsyncIterator[E]],
+        value: Callable[[list[E]], bytes | Uncached],
+        *,
+        ttl_s: int | None = None,
+    ) -> AsyncGenerator[E | Lookup, None]:
+        """`get_or_compute` for a computation that yields `events` as it goes, whose value is
+        `value(all its events)`. The caller whose call computes gets the events live, then the
+        `Lookup`; any other caller gets only the `Lookup` (a hit, or another caller's value)."""
+        queue: asyncio.Queue[E | None] = asyncio.Queue()
+
+        async def compute() -> bytes | Uncached:  # runs only for the caller that leads
+            seen: list[E] = []
+            try:
+                async for event in events():
+                    queue.put_nowait(event)
+                    seen.append(event)
+            finally:
+                queue.put_nowait(None)
+            return value(seen)
+
+        flight = asyncio.ensure_future(self.get_or_compute(key, compute, ttl_s=ttl_s))
+        try:
+            async for event in _drain(queue, flight):
+                yield event
+            yield await flight
+        finally:
+            flight.cancel()  # a caller gone: the shared flight itself goes on (shielded)
+
     def _land(self, key: str, task: asyncio.Task[Lookup]) -> None:
         if self._flights.get(key) is task:
             del self._flights[key]
@@ -126,3 +159,23 @@ class SingleFlight:
             return Lookup(result.value, cached=False)
         await self._cache.set(key, result, ttl_s)
         return Lookup(result, cached=False)
+
+
+async def _drain(
+    queue: asyncio.Queue[E | None], flight: asyncio.Future[Lookup]
+) -> AsyncIterator[E]:
+    """What the computation puts in `queue` (ended by None, before `flight` ends); nothing when
+    `flight` ends without this caller's computation having run."""
+    while not (flight.done() and queue.empty()):
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            await asyncio.wait((getter, flight), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()  # an item put meanwhile stays in the queue
+        if getter.cancelled() or not getter.done():
+            continue
+        event = getter.result()
+        if event is None:
+            return
+        yield event

@@ -49,6 +49,19 @@ class SamplingParams:
             "seed": self.seed,
         }
 
+    def openai_kwargs(self) -> dict[str, Any]:
+        """The settings as OpenAI Chat Completions arguments (`stop` and `seed` only when set)."""
+        kwargs: dict[str, Any] = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+        if self.stop:
+            kwargs["stop"] = list(self.stop)
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        return kwargs
+
     @property
     def greedy(self) -> bool:
         # Below this, logits divided by the temperature overflow to inf (then NaN probabilities);

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from gateway.api.auth import KeyRing, key_id, read_key_file
 from gateway.config import AuthSettings
 from gateway.errors import AuthenticationFailed, ConfigError
-from tests.api.conftest import FakeEscalator
+from tests.fakes import FakeEscalator
 
 KEY = "sk-test-alpha-0123456789"
 OTHER_KEY = "sk-test-beta-9876543210"

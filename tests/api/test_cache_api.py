@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.config import CacheSettings
-from tests.api.conftest import FakeEscalator
+from tests.fakes import FakeEscalator
 from tests.servers import RedisServer
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -147,6 +147,34 @@ def test_concurrent_identical_misses_compute_once(client: TestClient) -> None:
     assert all(r.status_code == 200 for r in responses)
     assert worker.rows_run - before == 2  # one answer row and one score row
     assert len({r.json()["choices"][0]["message"]["content"] for r in responses}) == 1
+
+
+def streamed_text(response: Any) -> str:
+    events = [
+        json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")
+    ]
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+
+
+def test_concurrent_identical_streamed_misses_compute_once(client: TestClient) -> None:
+    state = client.app.state.gateway  # type: ignore[attr-defined]
+    worker = state.queue_depth_source
+    before = worker.rows_run
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: ask(client, max_tokens=20, stream=True), range(8)))
+    assert all(r.status_code == 200 for r in responses)
+    assert worker.rows_run - before == 2  # one answer row and one score row
+    assert len({streamed_text(r) for r in responses}) == 1
+    assert ask(client, max_tokens=20).headers["x-gateway-cache"] == "hit"
+
+
+def test_concurrent_identical_escalated_streams_escalate_once(
+    client: TestClient, escalator: FakeEscalator
+) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: ask(client, "ask-large", stream=True), range(4)))
+    assert escalator.calls == 1
+    assert {streamed_text(r).strip() for r in responses} == {escalator.answer}
 
 
 @pytest.fixture

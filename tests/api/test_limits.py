@@ -24,7 +24,7 @@ from gateway.config import CacheSettings, LimitSettings, Settings
 from gateway.engine.base import ChatRequest
 from gateway.engine.local import LocalEngine
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, build_rate_limiter
-from tests.api.conftest import FakeEscalator
+from tests.fakes import FakeEscalator
 from tests.servers import RedisServer, free_port
 from tests.waiting import wait_until
 

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,55 +20,26 @@ import pytest
 
 from tests.e2e.harness import serving, tiny_model
 from tests.e2e.upstream import ANSWER, _completion
+from tests.servers import LocalHTTPStub
 
 KEY = "sk-test-shutdown-0123456789"
 PROMPT = "Which river flows through the town of Zyxwvut?"  # must never reach the log
 IN_FLIGHT = 6
 
 
-class GatedUpstream:
+class GatedUpstream(LocalHTTPStub):
     """An OpenAI-compatible upstream that holds every request until `release` is set."""
 
     def __init__(self) -> None:
-        self.release = threading.Event()
+        super().__init__()
         self.waiting = 0
-        lock = threading.Lock()
-        upstream = self
+        self._lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
-                with lock:
-                    upstream.waiting += 1
-                upstream.release.wait(timeout=60)
-                data = json.dumps(_completion(str(body.get("model")))).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self) -> GatedUpstream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+    def post(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.waiting += 1
+        self.release.wait(timeout=60)
+        self.send_json(handler, 200, _completion(str(body.get("model"))))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.cache.redis import RedisCache
 from gateway.cache.singleflight import SingleFlight
+from gateway.config import CacheSettings
 
 TIMEOUT_S = 0.1  # twice the shipped default, for busy CI machines; the bounds scale with it
 COOLDOWN_S = 0.2
@@ -14,9 +15,10 @@ PREFIX = "test:"
 
 
 def redis_cache(url: str, *, prefix: str = PREFIX, timeout_s: float = TIMEOUT_S) -> RedisCache:
-    return RedisCache.from_url(
-        url, timeout_s=timeout_s, key_prefix=prefix, failure_threshold=5, cooldown_s=COOLDOWN_S
+    settings = CacheSettings(
+        timeout_s=timeout_s, key_prefix=prefix, breaker_failures=5, breaker_cooldown_s=COOLDOWN_S
     )
+    return RedisCache.from_url(url, settings)
 
 
 def flights_over(cache: RedisCache, *, lock_ttl_ms: int = 2000) -> SingleFlight:

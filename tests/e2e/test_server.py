@@ -33,6 +33,12 @@ POLICIES = {
         "escalate_to": "broken",
         "on_escalation_error": "withhold",
     },
+    "dyingcase": {
+        "return_at": 1.0,
+        "escalate_at": 0.0,
+        "escalate_to": "dying",
+        "on_escalation_error": "return_local",
+    },
 }
 
 
@@ -68,6 +74,7 @@ def gateway(
                 target("large", "ok"),
                 target("slow", "hang"),
                 target("broken", "broken"),
+                target("dying", "dies"),
             ],
         },
     }
@@ -160,6 +167,33 @@ def test_escalated_stream_passes_upstream_chunks(gateway: Gateway) -> None:
     ]
     assert "".join(pieces) == ANSWER
     assert len(pieces) > 3  # passed through chunk by chunk, not as one block
+
+
+def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
+    gateway: Gateway,
+) -> None:
+    before = gateway.metric("gateway_escalations_total", policy="dyingcase", outcome="error")
+    stream = gateway.client(max_retries=0).chat.completions.create(
+        model="dyingcase",
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=8,
+        stream=True,
+    )
+    pieces: list[str] = []
+
+    def read() -> None:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+
+    with pytest.raises(openai.APIError) as ended:
+        read()
+    # The SDK raised the gateway's error event, not a broken connection.
+    assert not isinstance(ended.value, openai.APIConnectionError)
+    assert "'dying' failed mid-answer" in ended.value.message
+    assert "".join(pieces) == "Canberra is"  # what the upstream sent before it died
+    after = gateway.metric("gateway_escalations_total", policy="dyingcase", outcome="error")
+    assert after - before == 1
 
 
 def test_hanging_upstream_falls_back_within_timeout_plus_one_second(gateway: Gateway) -> None:

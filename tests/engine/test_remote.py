@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.certainty import Certainty, Unscored
 from gateway.config import EngineSettings, ModelSettings, Settings
-from gateway.engine.base import ChatRequest, Document, Message, SamplingParams
+from gateway.engine.base import ChatRequest, Message, SamplingParams
 from gateway.engine.local import LocalEngine
 from gateway.engine.remote import RemoteEngine, RemoteEngineFailed, openai_base_url
 from gateway.engine.vllm_protocol import (
@@ -26,8 +26,8 @@ from gateway.engine.vllm_protocol import (
     document_strings,
 )
 from gateway.errors import ContextLengthExceeded
-from gateway.escalation import EscalationDelta, EscalationReply
 from tests.engine.vllm_stub import ADAPTER_MODEL, BASE_MODEL, VLLMStub
+from tests.fakes import FakeEscalator
 from tests.servers import free_port
 
 T = TypeVar("T")
@@ -512,31 +512,6 @@ def test_the_stand_in_refuses_what_vllm_refuses(vllm: VLLMStub, engine: LocalEng
 # ------------------------------------------------------------------------------------- gateway
 
 
-class NoEscalation:
-    @property
-    def targets(self) -> set[str]:
-        return set()
-
-    async def complete(
-        self,
-        target: str,
-        messages: Sequence[Message],
-        documents: Sequence[Document],
-        sampling: SamplingParams,
-    ) -> EscalationReply:
-        raise AssertionError("no policy here escalates")
-
-    async def stream(
-        self,
-        target: str,
-        messages: Sequence[Message],
-        documents: Sequence[Document],
-        sampling: SamplingParams,
-    ) -> AsyncIterator[EscalationDelta]:
-        raise AssertionError("no policy here escalates")
-        yield  # an async generator
-
-
 @contextmanager
 def gateway_on(
     vllm: VLLMStub, tiny_model_dir: Path, policies: Path, timeout_s: float, **engine: Any
@@ -544,7 +519,7 @@ def gateway_on(
     (policies / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
     settings = settings_for(vllm.base_url, tiny_model_dir, vllm_timeout_s=timeout_s, **engine)
     settings = settings.model_copy(update={"policies_dir": policies})
-    app = create_app(settings, escalator=NoEscalation(), watch_policies=False)
+    app = create_app(settings, escalator=FakeEscalator(targets=()), watch_policies=False)
     with TestClient(app) as client:
         yield client
 
