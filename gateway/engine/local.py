@@ -39,6 +39,7 @@ from gateway.engine.base import (
     SamplingParams,
     TextCallback,
 )
+from gateway.engine.prompts import render_prompt
 from gateway.errors import ContextLengthExceeded, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -260,15 +261,11 @@ class LocalEngine:
         *,
         generation_prompt: bool = True,
     ) -> list[int]:
-        """Token ids of a conversation rendered by the model's own chat template."""
-        text = self.tokenizer.apply_chat_template(
-            list(messages),
-            documents=list(documents) or None,
-            add_generation_prompt=generation_prompt,
-            tokenize=False,
+        """Token ids of a conversation rendered by the model's own chat template; client text
+        never becomes a control token (`gateway.engine.prompts`)."""
+        return render_prompt(
+            self.tokenizer, messages, documents, generation_prompt=generation_prompt
         )
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
 
     def count_prompt_tokens(self, request: ChatRequest) -> int:
         return len(self.render(request.message_dicts(), request.documents))
