@@ -8,7 +8,8 @@ cached chat request (a decision-cache hit: no model work is timed), for `--secon
   - slow clients: 300 half-sent request heads and 6 clients sending a byte a second, each
     reopened when the gateway closes it (header timeout),
   - large prompts: 2 attackers sending 900 kB chat messages (rendered and tokenized off the
-    model thread, then refused as longer than the model's context).
+    model thread, then refused as longer than the model's context),
+  - none again, last: how much the machine itself drifted during the run.
 Then the side channel: `--probes` requests by a key that may not use the policy, alternating a
 body that another key sent recently and an unseen body of the same size; both are answered 403,
 and their times should not tell the two apart.
@@ -214,6 +215,7 @@ def main() -> None:
                 ("oversized header (150 MiB)", Attack(oversized_header(port))),
                 ("slow clients (300 half-sent, 6 trickling)", slow_clients(port)),
                 ("large prompts (900 kB, 2 attackers)", Attack(large_prompts(url), 2)),
+                ("none, again (the machine's drift)", None),
             ]
             rows = []
             for name, attack in phases:
