@@ -102,6 +102,12 @@ class ControlStrings:
     def documents(self, documents: Sequence[Document]) -> list[dict[str, Any]]:
         return [self.value(dict(d)) for d in documents]
 
+    def conversation(
+        self, messages: Sequence[Mapping[str, str]], documents: Sequence[Document]
+    ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+        """`messages` and `documents` cleaned (for a server that renders them itself)."""
+        return self.messages(messages), self.documents(documents)
+
 
 _known: weakref.WeakKeyDictionary[Any, ControlStrings] = weakref.WeakKeyDictionary()
 _MARKER = re.compile(r"<\|[^<>]*\|>|<[^<>\s]+>")

@@ -271,9 +271,12 @@ class RemoteEngine:
         # vLLM tokenizes chat messages with control tokens live: it gets them without any
         # control-token string, as `render` would render them (`gateway.engine.prompts`).
         plain = ControlStrings.of(self.tokenizer)
+        messages, documents = await asyncio.to_thread(
+            plain.conversation, request.message_dicts(), request.documents
+        )
         body: dict[str, Any] = {
             "model": self.base_model,
-            "messages": plain.messages(request.message_dicts()),
+            "messages": messages,
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -282,8 +285,8 @@ class RemoteEngine:
             body["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             body["seed"] = sampling.seed
-        if request.documents:
-            body["documents"] = plain.documents(request.documents)
+        if documents:
+            body["documents"] = documents
         if on_text is None:
             reply = await self._post("/chat/completions", body)
             choice = _first_choice(reply)
