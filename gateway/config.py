@@ -101,6 +101,12 @@ class AuthSettings(_Section):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
 
+    # Per client address: after this many failed authentications in a minute, every request
+    # from it gets 429 until the minute is over; the 401s of one address are logged once per
+    # `failure_log_interval_s`, with their count.
+    failures_per_minute: int = Field(default=30, gt=0)
+    failure_log_interval_s: float = Field(default=60.0, gt=0)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -118,6 +124,9 @@ class LimitSettings(_Section):
     requests_per_minute: int | None = Field(default=None, gt=0)
     # Requests a key may send at once before the per-minute pace applies; unset: a minute's worth.
     rate_limit_burst: int | None = Field(default=None, gt=0)
+    max_documents: int = Field(default=64, gt=0)
+    max_document_bytes: int = Field(default=64 * 1024, gt=0)  # each document, as UTF-8 JSON
+    max_stop_chars: int = Field(default=256, gt=0)  # each of at most 4 stop sequences
 
 
 class ServerSettings(_Section):
@@ -130,6 +139,14 @@ class ServerSettings(_Section):
     # the gateway), the fastest; "h11" / "asyncio" are the pure-Python ones.
     http: Literal["auto", "httptools", "h11"] = "auto"
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    # The connection edge (`gateway.api.server`): a request head's size and time to arrive,
+    # open connections, idle keep-alive.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=1000, gt=0)
+    keep_alive_s: int = Field(default=5, gt=0)
+    # /docs, /redoc and /openapi.json
+    docs: bool = True
 
 
 class Settings(BaseSettings):

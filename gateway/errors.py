@@ -91,6 +91,10 @@ class RateLimited(ClientError):
         self.retry_after = retry_after
 
 
+class TooManyFailedAuthentications(RateLimited):
+    code = "too_many_failed_authentications"
+
+
 class ServiceError(GatewayError):
     status_code = 500
     error_type = "server_error"

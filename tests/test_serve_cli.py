@@ -55,15 +55,21 @@ def test_a_bad_policy_file_stops_start_up_naming_file_and_field(tmp_path: Path) 
 
 
 def test_serve_runs_on_httptools_and_uvloop_unless_the_settings_say_otherwise() -> None:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
     from gateway.api.commands import uvicorn_config
+    from gateway.api.server import GuardedH11Protocol, GuardedHttpToolsProtocol
     from gateway.config import Settings
 
     fast = uvicorn_config(None, Settings())
     fast.load()  # resolves "auto" to the classes uvicorn will run
-    assert fast.http_protocol_class.__name__ == "HttpToolsProtocol"
+    assert issubclass(fast.http_protocol_class, GuardedHttpToolsProtocol)  # the connection edge
+    assert issubclass(fast.http_protocol_class, HttpToolsProtocol)
     assert fast.get_loop_factory().__module__.startswith("uvloop")
     assert fast.server_header is False
     plain = uvicorn_config(None, Settings(server={"http": "h11", "loop": "asyncio"}))  # type: ignore[arg-type]
     plain.load()
-    assert plain.http_protocol_class.__name__ == "H11Protocol"
+    assert issubclass(plain.http_protocol_class, GuardedH11Protocol)
+    assert issubclass(plain.http_protocol_class, H11Protocol)
     assert plain.get_loop_factory().__module__.startswith("asyncio")

@@ -22,6 +22,7 @@ from gateway.api.middleware import edge
 from gateway.api.openapi import openapi_document
 from gateway.api.routes import router
 from gateway.api.state import GatewayState, StateCollector
+from gateway.api.throttle import FailedLogins
 from gateway.cache import build_cache, build_single_flight
 from gateway.config import Settings
 from gateway.engine.local import LocalEngine
@@ -75,12 +76,19 @@ def create_app(
         version=__version__,
         description="OpenAI-compatible gateway with calibrated certainty on every answer.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would answer before authentication, to any Host
+        **_docs(settings.server.docs),
     )
     install_error_handlers(app)
     app.include_router(router)
     _document(app, settings)
     app.add_middleware(edge, max_body_bytes=settings.limits.max_body_bytes)  # as the chat route's
     return app
+
+
+def _docs(enabled: bool) -> dict[str, Any]:
+    """FastAPI's defaults for /docs, /redoc and /openapi.json, or none of them."""
+    return {} if enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}
 
 
 class GatewayAPI(FastAPI):
@@ -113,6 +121,9 @@ def _document(app: FastAPI, settings: Settings) -> None:
 def _guard(state: GatewayState, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     """API keys, rate limits and the state gauges, on a state `_build_state` made."""
     state.keys = KeyRing.from_settings(settings.auth)
+    state.failed_logins = FailedLogins(
+        settings.auth.failures_per_minute, settings.auth.failure_log_interval_s
+    )
     state.rate_limiter = build_rate_limiter(settings.limits, settings.cache)
     if state.rate_limiter is not None:
         stack.push_async_callback(state.rate_limiter.close)

@@ -37,7 +37,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
 from gateway.config import AuthSettings
-from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied, RateLimited
+from gateway.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    PermissionDenied,
+    RateLimited,
+    TooManyFailedAuthentications,
+)
 from gateway.logs import mask_also
 
 if TYPE_CHECKING:
@@ -250,7 +256,7 @@ async def admit(state: GatewayState, scope: Scope) -> None:
     scope_state: dict[str, Any] = scope.setdefault("state", {})
     if state.keys.enabled:
         presented = [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
-        key = state.keys.authenticate(presented)
+        key = authenticate(state, scope, presented)
         scope_state["tenant"] = key.id
         scope_state["api_key"] = key
     limiter = state.rate_limiter
@@ -263,6 +269,29 @@ async def admit(state: GatewayState, scope: Scope) -> None:
             f"for this API key; retry in {wait:.1f} s",
             retry_after=math.ceil(wait),
         )
+
+
+def authenticate(state: GatewayState, scope: Scope, presented: Sequence[str]) -> ApiKey:
+    """The presented key, unless the client's address is throttled for its failures (429,
+    `gateway.api.throttle`) or the key is wrong (401, counted). Either is left out of the access
+    log (`quiet_log`): the throttle logs failures in summary."""
+    scope_state: dict[str, Any] = scope.setdefault("state", {})
+    logins = state.failed_logins
+    client = scope.get("client")
+    address = str(client[0]) if client else "unknown"
+    wait = logins.wait(address)
+    if wait > 0:
+        scope_state["quiet_log"] = True
+        raise TooManyFailedAuthentications(
+            f"too many failed authentications from this address; retry in {math.ceil(wait)} s",
+            retry_after=math.ceil(wait),
+        )
+    try:
+        return state.keys.authenticate(presented)
+    except AuthenticationFailed as exc:
+        scope_state["quiet_log"] = True
+        logins.failed(address, exc.message)
+        raise
 
 
 def allowed_policies(scope: Scope) -> frozenset[str] | None:

@@ -102,7 +102,8 @@ class ChatEndpoint:
         """Answer a chat conversation; `model` names the policy."""
         await admit(state, scope)
         scope_state: dict[str, Any] = scope["state"]
-        parsed = self.recent.get(raw)
+        tenant = scope_state.get("tenant")
+        parsed = self.recent.get(tenant, raw)
         if parsed is None:
             try:
                 body = ChatCompletionBody.model_validate_json(raw)
@@ -111,7 +112,7 @@ class ChatEndpoint:
             scope_state["policy"] = body.model  # for the request metrics, once the body is valid
             authorize_policy(scope, body.model)
             chat = self._convert(body)
-            self.recent.put(raw, (body, chat))
+            self.recent.put(tenant, raw, (body, chat))
         else:
             body, chat = parsed
             scope_state["policy"] = body.model
@@ -136,7 +137,9 @@ class ChatEndpoint:
                 param="messages",
             )
         return body.to_request(
-            default_max_tokens=limits.default_max_tokens, max_tokens_cap=limits.max_tokens_cap
+            default_max_tokens=limits.default_max_tokens,
+            max_tokens_cap=limits.max_tokens_cap,
+            limits=limits,
         )
 
 
@@ -145,25 +148,29 @@ Parsed = tuple[ChatCompletionBody, ChatRequest]
 
 class RecentBodies:
     """The last `size` request bodies of at most `max_bytes` that were valid, with what they
-    parsed to (read only once parsed), least recently used forgotten first."""
+    parsed to (read only once parsed), least recently used forgotten first.
+
+    Remembered per API key id (`tenant`): a body another key sent is, to this key, a body never
+    seen, parsed at the same cost; so the time of an answer never tells one tenant what another
+    sent."""
 
     def __init__(self, size: int = RECENT_BODIES, max_bytes: int = RECENT_BODY_BYTES) -> None:
         self.size = size
         self.max_bytes = max_bytes
-        self._parsed: OrderedDict[bytes, Parsed] = OrderedDict()
+        self._parsed: OrderedDict[tuple[str | None, bytes], Parsed] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._parsed)
 
-    def get(self, raw: bytes) -> Parsed | None:
-        parsed = self._parsed.get(raw)
+    def get(self, tenant: str | None, raw: bytes) -> Parsed | None:
+        parsed = self._parsed.get((tenant, raw))
         if parsed is not None:
-            self._parsed.move_to_end(raw)
+            self._parsed.move_to_end((tenant, raw))
         return parsed
 
-    def put(self, raw: bytes, parsed: Parsed) -> None:
+    def put(self, tenant: str | None, raw: bytes, parsed: Parsed) -> None:
         if len(raw) <= self.max_bytes:
-            self._parsed[raw] = parsed
+            self._parsed[(tenant, raw)] = parsed
             if len(self._parsed) > self.size:
                 self._parsed.popitem(last=False)
 

@@ -75,11 +75,21 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     """How `serve` runs the app."""
     import uvicorn
 
+    from gateway.api.server import ConnectionLimits, protocol_class
+
+    server = settings.server
+    limits = ConnectionLimits(
+        max_header_bytes=server.max_header_bytes,
+        header_timeout_s=server.header_timeout_s,
+        max_connections=server.max_connections,
+    )
     return uvicorn.Config(
         app,
         host=settings.server.host,
         port=settings.server.port,
-        http=settings.server.http,
+        http=protocol_class(server.http, limits),
+        h11_max_incomplete_event_size=server.max_header_bytes,  # with `http: h11`
+        timeout_keep_alive=server.keep_alive_s,
         loop=settings.server.loop,
         log_level="info",
         log_config=None,  # uvicorn's loggers propagate to our JSON handler

@@ -130,8 +130,9 @@ class RequestContextMiddleware:
             fields["policy"] = policy or "none"
             if state is not None:
                 state.metrics.requests_of(fields["policy"], str(status)).inc()
-        ops = scope["path"].startswith(_OPS_PREFIXES)
-        log.log(logging.DEBUG if ops else logging.INFO, "request", extra=fields)
+        # Probes, scrapes and refused authentications (logged in summary by the throttle).
+        quiet = scope["path"].startswith(_OPS_PREFIXES) or request_state.get("quiet_log")
+        log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)
 
 
 def _request(scope: Scope, receive: Receive) -> Any:

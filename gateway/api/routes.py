@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from gateway.api.auth import allowed_policies, require_api_key
+from gateway.api.auth import allowed_policies, authenticate, require_api_key
 from gateway.api.errors import error_responses
 from gateway.api.state import GatewayState
+from gateway.errors import AuthenticationFailed, RateLimited
 
 router = APIRouter()
 """Every route here; the `/v1` ones (`api`, included at the end) behind the key and rate limit."""
@@ -60,11 +61,29 @@ async def live() -> dict[str, str]:
     response_model=None,
     responses={503: {"description": "Not ready: the same report says why"}},
 )
-async def ready(state: State) -> JSONResponse:
+async def ready(request: Request, state: State) -> JSONResponse:
     """Ready once the model is loaded (or, with vLLM, served) and the policies are valid;
-    reports the cache."""
+    reports the model, policies and cache to callers with an API key (when keys are on)."""
     report = await state.readiness()
-    return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
+    status = 200 if report["status"] == "ready" else 503
+    if not _may_see_details(state, request):
+        report = {"status": report["status"]}
+    return JSONResponse(report, status_code=status)
+
+
+def _may_see_details(state: State, request: Request) -> bool:
+    """Without keys configured: anyone. Else only a caller presenting a valid key (a wrong one
+    counts as a failed authentication, as on `/v1`)."""
+    if not state.keys.enabled:
+        return True
+    presented = request.headers.getlist("authorization")
+    if not presented:
+        return False
+    try:
+        authenticate(state, request.scope, presented)
+    except (AuthenticationFailed, RateLimited):
+        return False
+    return True
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from gateway.config import LimitSettings
 from gateway.engine.base import ChatRequest, Message, SamplingParams
 from gateway.engine.vllm_protocol import document_strings
 from gateway.errors import InvalidRequest, UnsupportedParameter
@@ -122,6 +123,8 @@ class ChatCompletionBody(BaseModel):
                 raise ValueError("at most 4 stop sequences")
             if any(not s for s in value):
                 raise ValueError("stop sequences must not be empty")
+        if value == "":
+            raise ValueError("stop sequences must not be empty")
         return value
 
     def refuse_unsupported(self) -> None:
@@ -146,8 +149,11 @@ class ChatCompletionBody(BaseModel):
                 "response_format: only the text format is supported", param="response_format"
             )
 
-    def to_request(self, *, default_max_tokens: int, max_tokens_cap: int) -> ChatRequest:
+    def to_request(
+        self, *, default_max_tokens: int, max_tokens_cap: int, limits: LimitSettings | None = None
+    ) -> ChatRequest:
         self.refuse_unsupported()
+        _within_limits(self, limits or LimitSettings())
         messages = []
         for index, message in enumerate(self.messages):
             if message.role not in ("system", "user", "assistant"):
@@ -184,6 +190,30 @@ class ChatCompletionBody(BaseModel):
                 for index, document in enumerate(self.documents or ())
             ),
             sampling=sampling,
+        )
+
+
+def _within_limits(body: ChatCompletionBody, limits: LimitSettings) -> None:
+    """400 for more or larger documents, or longer stop sequences, than `limits` allow."""
+    documents = body.documents or []
+    if len(documents) > limits.max_documents:
+        raise InvalidRequest(
+            f"{len(documents)} documents; this gateway accepts at most {limits.max_documents}",
+            param="documents",
+        )
+    for index, document in enumerate(documents):
+        size = len(json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        if size > limits.max_document_bytes:
+            raise InvalidRequest(
+                f"documents[{index}] is {size} bytes; this gateway accepts at most "
+                f"{limits.max_document_bytes} bytes per document",
+                param="documents",
+            )
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    if any(len(stop) > limits.max_stop_chars for stop in stops):
+        raise InvalidRequest(
+            f"a stop sequence may be at most {limits.max_stop_chars} characters long",
+            param="stop",
         )
 
 

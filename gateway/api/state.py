@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.api.auth import KeyRing
+from gateway.api.throttle import FailedLogins
 from gateway.cache.base import DecisionCache
 from gateway.config import Settings
 from gateway.metrics import Metrics
@@ -37,6 +38,8 @@ class GatewayState:
     """API requests being handled (health and metrics excluded); kept by the request middleware."""
     engine_check: Callable[[], Awaitable[list[str]]] | None = None
     """A look at a remote model server (vLLM): what is wrong with it, as sentences."""
+    failed_logins: FailedLogins = field(default_factory=lambda: FailedLogins(30, 60.0))
+    """Failed authentications per client address (`_guard` sizes it from `auth`)."""
 
     def begin_drain(self) -> None:
         """Readiness fails from now on; requests keep being served while they drain."""

@@ -43,6 +43,7 @@ from gateway.engine.base import (
     TextCallback,
 )
 from gateway.engine.eager import ADAPTER_NAME, EagerDecoder
+from gateway.engine.prompts import render_prompt
 from gateway.engine.rows import DecodeRow, RowStepper, length_groups
 from gateway.errors import ContextLengthExceeded, ModelLoadError
 
@@ -288,15 +289,11 @@ class LocalEngine:
         *,
         generation_prompt: bool = True,
     ) -> list[int]:
-        """Token ids of a conversation rendered by the model's own chat template."""
-        text = self.tokenizer.apply_chat_template(
-            list(messages),
-            documents=list(documents) or None,
-            add_generation_prompt=generation_prompt,
-            tokenize=False,
+        """Token ids of a conversation rendered by the model's own chat template; client text
+        never becomes a control token (`gateway.engine.prompts`)."""
+        return render_prompt(
+            self.tokenizer, messages, documents, generation_prompt=generation_prompt
         )
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
 
     def count_prompt_tokens(self, request: ChatRequest) -> int:
         return len(self.render(request.message_dicts(), request.documents))

@@ -52,6 +52,7 @@ from gateway.certainty import (
 )
 from gateway.config import EngineSettings, ModelSettings
 from gateway.engine.base import ChatRequest, Document, FinishReason, Generation, Message
+from gateway.engine.prompts import ControlStrings, render_prompt
 from gateway.engine.vllm_protocol import (
     DIGIT_IDS_FIELD,
     TOP_LOGPROBS,
@@ -258,15 +259,9 @@ class RemoteEngine:
     def render(
         self, messages: Sequence[dict[str, str]], documents: Sequence[Document] = ()
     ) -> list[int]:
-        """Token ids of a conversation rendered by the model's own chat template."""
-        text = self.tokenizer.apply_chat_template(
-            list(messages),
-            documents=[dict(d) for d in documents] or None,
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
+        """Token ids of a conversation rendered by the model's own chat template; client text
+        never becomes a control token (`gateway.engine.prompts`)."""
+        return render_prompt(self.tokenizer, messages, documents)
 
     def certainty_prompt(
         self, messages: Sequence[Message], answer: str, documents: Sequence[Document] = ()
@@ -289,9 +284,15 @@ class RemoteEngine:
     ) -> Generation:
         """The base model's answer; `on_text` gets each piece as vLLM streams it."""
         sampling = request.sampling
+        # vLLM tokenizes chat messages with control tokens live: it gets them without any
+        # control-token string, as `render` would render them (`gateway.engine.prompts`).
+        plain = ControlStrings.of(self.tokenizer)
+        messages, documents = await asyncio.to_thread(
+            plain.conversation, request.message_dicts(), request.documents
+        )
         body: dict[str, Any] = {
             "model": self.base_model,
-            "messages": request.message_dicts(),
+            "messages": messages,
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -300,8 +301,8 @@ class RemoteEngine:
             body["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             body["seed"] = sampling.seed
-        if request.documents:
-            body["documents"] = [document_strings(d) for d in request.documents]
+        if documents:
+            body["documents"] = [document_strings(d) for d in documents]
         if on_text is None:
             reply = await self._post("/chat/completions", body)
             choice = first_choice(reply)

@@ -58,15 +58,26 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *
 @dataclass
 class _GenerateJob(_Job):
     request: ChatRequest | None = None
+    prompt: list[int] = field(default_factory=list)
     on_text: Callable[[str], None] | None = None
 
 
 @dataclass
 class _ScoreJob(_Job):
-    messages: Sequence[Message] = ()
-    answer: str = ""
-    documents: Sequence[Document] = ()
+    prompt: list[int] = field(default_factory=list)
     mode: ScoringMode = "logits"
+
+
+async def _build_prompt(build: Callable[..., list[int]], *args: Any) -> list[int]:
+    """`build(*args)` on a thread; a failure that is not the client's (too long, bad documents
+    are) becomes `EngineFailure`: the request fails alone."""
+    try:
+        return await asyncio.to_thread(build, *args)
+    except GatewayError:
+        raise
+    except Exception as exc:
+        log.warning("could not build a prompt", extra={"error": type(exc).__name__})
+        raise EngineFailure(f"could not build the prompt: {type(exc).__name__}") from exc
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
@@ -145,6 +156,12 @@ class EngineWorker:
 
     def _submit(self, job: _Job, *, admit: bool) -> None:
         """Queue `job`; `admit`: it starts a new request, refused while `queue_size` wait."""
+        self._submit_check(admit=admit)
+        self._queue.put_nowait(job)
+
+    def _submit_check(self, *, admit: bool) -> None:
+        """`NotReady` while stopping; `Overloaded` for a new request while `queue_size` wait
+        (also asked before a prompt is built: a refused request costs no rendering)."""
         if self._stopping:
             raise NotReady("the model is shutting down; retry on another replica")
         if admit and self._queue.qsize() >= self.queue_size:
@@ -152,12 +169,17 @@ class EngineWorker:
                 "the model is busy: too many requests are waiting; retry shortly",
                 retry_after=1.0,
             )
-        self._queue.put_nowait(job)
 
     async def generate(
         self, request: ChatRequest, on_text: Callable[[str], None] | None = None
     ) -> Generation:
-        """The base model's answer (adapter off); `on_text` runs on the event loop."""
+        """The base model's answer (adapter off); `on_text` runs on the event loop.
+
+        The prompt is rendered, tokenized and checked against the context here, on a thread of
+        its own, before the job is queued: a huge prompt costs its own request's time, never the
+        model thread's (which only runs the model)."""
+        self._submit_check(admit=True)
+        prompt = await _build_prompt(self.engine.answer_prompt, request)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
         relay = None
@@ -168,7 +190,8 @@ class EngineWorker:
                 _call_soon(loop, callback, text)
 
         self._submit(
-            _GenerateJob(loop=loop, future=future, request=request, on_text=relay), admit=True
+            _GenerateJob(loop=loop, future=future, request=request, prompt=prompt, on_text=relay),
+            admit=True,
         )
         return await future
 
@@ -179,16 +202,13 @@ class EngineWorker:
         documents: Sequence[Document] = (),
         mode: ScoringMode | None = None,
     ) -> ScoreResult:
-        """The adapter's rating of `answer` (adapter on)."""
+        """The adapter's rating of `answer` (adapter on); its prompt is built as `generate`'s."""
+        self._submit_check(admit=False)
+        prompt = await _build_prompt(self.engine.certainty_prompt, messages, answer, documents)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ScoreResult] = loop.create_future()
         job = _ScoreJob(
-            loop=loop,
-            future=future,
-            messages=tuple(messages),
-            answer=answer,
-            documents=tuple(documents),
-            mode=mode or self.engine.scoring_mode,
+            loop=loop, future=future, prompt=prompt, mode=mode or self.engine.scoring_mode
         )
         self._submit(job, admit=False)  # the answer it rates was admitted
         return await future
@@ -239,27 +259,19 @@ class EngineWorker:
     def _prepare(self, jobs: list[_Job]) -> list[DecodeRow]:
         """Run the one-pass scores of `jobs` now; return the decoding rows of the others.
 
-        A job whose prompt cannot be built (too long, bad documents) fails alone.
+        Prompts were built before the jobs were queued (`generate`, `score`).
         """
         engine = self.engine
         logits_jobs: list[tuple[_ScoreJob, list[int]]] = []
         rows: list[DecodeRow] = []
         for job in jobs:
-            try:
-                if isinstance(job, _GenerateJob):
-                    assert job.request is not None
-                    rows.append(self._answer_row(job, engine.answer_prompt(job.request)))
-                elif isinstance(job, _ScoreJob):
-                    prompt = engine.certainty_prompt(job.messages, job.answer, job.documents)
-                    if job.mode == "logits":
-                        logits_jobs.append((job, prompt))
-                    else:
-                        rows.append(self._score_row(job, prompt))
-            except GatewayError as exc:
-                job.fail(exc)
-            except Exception as exc:
-                log.warning("could not build a prompt", extra={"error": type(exc).__name__})
-                job.fail(EngineFailure(f"could not build the prompt: {type(exc).__name__}"))
+            if isinstance(job, _GenerateJob):
+                rows.append(self._answer_row(job, job.prompt))
+            elif isinstance(job, _ScoreJob):
+                if job.mode == "logits":
+                    logits_jobs.append((job, job.prompt))
+                else:
+                    rows.append(self._score_row(job, job.prompt))
         self.rows_run += len(logits_jobs) + len(rows)
         if logits_jobs:
             results = engine.score_logits([prompt for _, prompt in logits_jobs])

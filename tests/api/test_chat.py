@@ -330,14 +330,14 @@ def test_recent_bodies_are_bounded_in_number_and_size() -> None:
         )
         for i, body in enumerate(bodies)
     ]
-    recent.put(bodies[0].encode(), parsed[0])
-    recent.put(bodies[1].encode(), parsed[1])
-    assert recent.get(bodies[0].encode()) is parsed[0]  # now the most recently used
-    recent.put(bodies[2].encode(), parsed[2])
+    recent.put(None, bodies[0].encode(), parsed[0])
+    recent.put(None, bodies[1].encode(), parsed[1])
+    assert recent.get(None, bodies[0].encode()) is parsed[0]  # now the most recently used
+    recent.put(None, bodies[2].encode(), parsed[2])
     assert len(recent) == 2
-    assert recent.get(bodies[1].encode()) is None  # the least recently used went
-    assert recent.get(bodies[0].encode()) is parsed[0]
+    assert recent.get(None, bodies[1].encode()) is None  # the least recently used went
+    assert recent.get(None, bodies[0].encode()) is parsed[0]
     long = json.dumps({"model": "granite", "messages": [{"role": "user", "content": "x" * 300}]})
-    recent.put(long.encode(), parsed[0])
-    assert recent.get(long.encode()) is None
+    recent.put(None, long.encode(), parsed[0])
+    assert recent.get(None, long.encode()) is None
     assert len(recent) == 2

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.api.middleware import BodyLimitMiddleware
 from gateway.config import CacheSettings, LimitSettings, Settings
-from gateway.engine.base import ChatRequest
-from gateway.engine.local import LocalEngine
+from gateway.engine.base import Generation
+from gateway.engine.local import DecodeRow, LocalEngine
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, build_rate_limiter
 from tests.fakes import FakeEscalator
 from tests.servers import RedisServer, free_port
@@ -211,7 +211,7 @@ def test_a_dead_redis_limits_in_process_and_shows_degraded() -> None:
 
 
 class GatedEngine:
-    """The miniature engine, whose worker waits for `gate` before it builds an answer's prompt."""
+    """The miniature engine, whose worker waits for `gate` before it decodes its first rows."""
 
     def __init__(self, engine: LocalEngine) -> None:
         self._engine = engine
@@ -221,10 +221,10 @@ class GatedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def answer_prompt(self, request: ChatRequest) -> list[int]:
+    def decode(self, rows: list[DecodeRow], **options: Any) -> list[Generation]:
         self.entered.set()
         self.gate.wait(timeout=30)
-        return self._engine.answer_prompt(request)
+        return self._engine.decode(rows, **options)
 
 
 @pytest.fixture

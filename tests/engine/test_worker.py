@@ -146,11 +146,18 @@ def test_requests_arriving_mid_decode_join_the_running_batch(engine: LocalEngine
     same_score(scored, engine.score(messages, "Paris.", mode="logits"))
 
 
+async def queued(worker: EngineWorker, jobs: int) -> None:
+    """Until `jobs` wait in the queue (each prompt is built on a thread first)."""
+    async with asyncio.timeout(30):
+        while worker.queue_depth < jobs:
+            await asyncio.sleep(0.005)
+
+
 def test_a_full_queue_is_refused_at_once_with_overloaded(engine: LocalEngine) -> None:
     async def scenario() -> None:
         worker = EngineWorker(engine, queue_size=2)  # not started: nothing leaves the queue
         waiting = [asyncio.ensure_future(worker.generate(ask(q))) for q in QUESTIONS[:2]]
-        await asyncio.sleep(0)
+        await queued(worker, 2)  # prompts are built on a thread, then queued
         started_at = time.perf_counter()
         with pytest.raises(Overloaded) as refused:
             await worker.generate(ask(QUESTIONS[2]))
@@ -170,11 +177,10 @@ def test_the_score_of_an_admitted_answer_is_queued_even_when_the_queue_is_full(
     async def scenario() -> None:
         worker = EngineWorker(engine, queue_size=1)  # not started: nothing leaves the queue
         waiting = asyncio.ensure_future(worker.generate(ask(QUESTIONS[0])))
-        await asyncio.sleep(0)
+        await queued(worker, 1)
         scoring = asyncio.ensure_future(worker.score([Message("user", QUESTIONS[1])], "Paris."))
-        await asyncio.sleep(0)
+        await queued(worker, 2)
         assert not scoring.done()  # queued, not refused
-        assert worker.queue_depth == 2
         with pytest.raises(Overloaded):  # a new answer still is refused
             await worker.generate(ask(QUESTIONS[2]))
         await worker.stop()
