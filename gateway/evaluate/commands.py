@@ -71,7 +71,13 @@ def _register_tune(commands: argparse._SubParsersAction[argparse.ArgumentParser]
             "escalation_rate, withheld_rate, answered_accuracy, overall_accuracy, relative_cost."
         ),
     )
-    parser.add_argument("--scores", required=True, metavar="SCORES.jsonl")
+    parser.add_argument(
+        "--scores",
+        required=True,
+        metavar="SCORES.jsonl",
+        help="one JSON object a line: confidence, correct (and optionally escalated_correct, "
+        "cost); `eval` writes it as DIR/scores.jsonl",
+    )
     parser.add_argument(
         "--target",
         required=True,
