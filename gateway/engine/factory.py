@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.config import ModelSettings, load_settings
+from gateway.engine import hub
 from gateway.engine.local import LocalEngine, ModelSource
 
 
@@ -19,6 +20,7 @@ def source_from_settings(model: ModelSettings) -> ModelSource:
 
 
 def engine_from_settings(model: ModelSettings) -> LocalEngine:
+    model = hub.prepare(model)  # no hub: one line at once, not a minute of retries
     return LocalEngine.load(
         source_from_settings(model),
         device=model.device,
