@@ -7,6 +7,7 @@ that names the key and where it came from.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,9 +33,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def is_local_path(name: str) -> bool:
+    """A folder (existing or meant as one), not a hub id like `org/name`."""
+    return os.path.exists(name) or name.startswith((os.sep, ".", "~")) or name.count("/") > 1
+
+
 class ModelSettings(_Section):
     """The local model: hub ids or local folders."""
 
+    # What `served_by` reports for a local answer; default: the hub id, or the folder's name.
+    name: str | None = Field(default=None, min_length=1)
     base: str = DEFAULT_BASE
     base_revision: str | None = None
     adapter: str = DEFAULT_ADAPTER
@@ -51,6 +59,15 @@ class ModelSettings(_Section):
         if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"):
             return value
         raise ValueError("device is one of auto, cpu, cuda, cuda:N, mps")
+
+    @property
+    def display_name(self) -> str:
+        """`name`, else the base model's hub id, else its folder's name."""
+        if self.name:
+            return self.name
+        if is_local_path(self.base):
+            return Path(self.base.rstrip("/\\")).name or self.base
+        return self.base
 
 
 class EngineSettings(_Section):

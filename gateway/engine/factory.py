@@ -11,6 +11,7 @@ from gateway.engine.local import LocalEngine, ModelSource
 
 def source_from_settings(model: ModelSettings) -> ModelSource:
     return ModelSource(
+        name=model.display_name,
         base=model.base,
         adapter=model.adapter,
         adapter_subfolder=model.adapter_subfolder,

@@ -16,12 +16,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from typing import Literal
 
-from gateway.config import ModelSettings
+from gateway.config import ModelSettings, is_local_path
 from gateway.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -30,11 +29,6 @@ HUB_CHECK_TIMEOUT_S = 5.0
 """How long the one request that decides whether the hub answers may take."""
 
 Place = Literal["local", "hub", "cache"]
-
-
-def looks_local(name: str) -> bool:
-    """A folder (existing or meant as one), not a hub id like `org/name`."""
-    return os.path.exists(name) or name.startswith((os.sep, ".", "~")) or name.count("/") > 1
 
 
 def offline() -> bool:
@@ -101,7 +95,7 @@ def locate(
 
     `marker` is a file the model's repository always holds (`config.json`), used to find it in
     the cache; `setting` names the key that points at a local folder instead."""
-    if looks_local(name):
+    if is_local_path(name):
         return "local"
     cached = in_cache(name, marker, revision)
     if offline():
@@ -138,9 +132,10 @@ def prepare(model: ModelSettings, timeout_s: float = HUB_CHECK_TIMEOUT_S) -> Mod
         revision=model.adapter_revision,
         timeout_s=timeout_s,
     )
-    update = {}
+    update: dict[str, str] = {}
     if base == "cache":
         update["base"] = cached_folder(model.base, model.base_revision)
+        update["name"] = model.display_name  # the hub id, not the snapshot's folder
     if adapter == "cache":
         update["adapter"] = cached_folder(model.adapter, model.adapter_revision)
     if update:
