@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -99,6 +106,23 @@ class EscalationSettings(_Section):
     timeout_s: float = Field(default=30.0, gt=0)
     num_retries: int = Field(default=1, ge=0)
     fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks_name_known_models(
+        cls, fallbacks: list[dict[str, list[str]]], info: ValidationInfo
+    ) -> list[dict[str, list[str]]]:
+        model_list = info.data.get("model_list") or []
+        known = sorted({str(model.get("model_name")) for model in model_list})
+        for index, entry in enumerate(fallbacks):
+            for source, targets in entry.items():
+                for name in (source, *targets):
+                    if name not in known:
+                        raise ValueError(
+                            f"fallbacks[{index}] names {name!r}, which is not a model_name of "
+                            f"escalation.model_list (known: {', '.join(known) or 'none'})"
+                        )
+        return fallbacks
 
 
 class AuthSettings(_Section):
