@@ -3,6 +3,7 @@ and a confidence header that shows why a threshold decided."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -111,3 +112,21 @@ def test_the_confidence_header_is_the_compared_number_to_the_last_digit(
     certainty = response.json()["certainty"]
     # `granite` compares the expected confidence; the header reads back as exactly that float.
     assert float(response.headers["x-certainty-confidence"]) == certainty["expected_confidence"]
+
+
+def test_a_live_granite_stream_has_its_score_in_the_last_chunk_not_in_headers(
+    client: TestClient,
+) -> None:
+    response = ask(client, stream=True, seed=11, temperature=0.7)  # sampled: not from the cache
+    assert response.status_code == 200
+    assert not any(name.startswith("x-certainty-") for name in response.headers)
+    assert response.headers["x-gateway-action"] == "return"
+    assert response.headers["x-gateway-cache"] == "miss"
+    chunks = [
+        json.loads(line[len("data: ") :])
+        for line in response.text.splitlines()
+        if line.startswith("data: {")
+    ]
+    assert "certainty" not in chunks[0]
+    assert chunks[-1]["certainty"]["policy"] == "granite"
+    assert 0 <= chunks[-1]["certainty"]["score"] <= 9
