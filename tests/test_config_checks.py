@@ -56,3 +56,21 @@ def test_policies_check_prints_thresholds_with_their_own_digits(
     assert "[0.46829, 1.00]" in row
     assert "[0.46825, 0.46829)" in row
     assert "[0.00, 0.46825)" in row
+
+
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [
+        ({}, "ibm-granite/granite-4.0-micro"),
+        ({"base": "/models/granite-4.0-micro/"}, "granite-4.0-micro"),
+        ({"base": "./local/granite"}, "granite"),
+        ({"name": "granite-prod", "base": "/models/x"}, "granite-prod"),
+    ],
+)
+def test_served_by_names_the_model_not_a_path(model: dict[str, str], shown: str) -> None:
+    from gateway.config import ModelSettings
+    from gateway.engine.factory import source_from_settings
+
+    settings = ModelSettings(**model)  # type: ignore[arg-type]
+    assert settings.display_name == shown
+    assert source_from_settings(settings).name == shown

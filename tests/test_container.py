@@ -192,3 +192,13 @@ def test_dockerignore_keeps_local_state_out() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".venv", ".git"} <= ignored
+
+
+def test_setup_the_dockerfile_and_the_readme_tell_one_story_about_torch() -> None:
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    for path in (ROOT / "scripts" / "setup", DOCKERFILE, ROOT / "README.md"):
+        text = path.read_text()
+        assert cpu_index in text, path
+        assert "CUDA 13.0 build" in text, path
+        assert "pip takes the build that fits" not in text, path
+    assert "TORCH_INDEX_URL" in (ROOT / "scripts" / "setup").read_text()

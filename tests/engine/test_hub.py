@@ -188,3 +188,15 @@ def test_without_the_hub_the_real_model_fails_with_one_line_and_no_retries(
     assert "--demo" in errors[0]
     assert "Traceback" not in done.stderr
     assert "retry" not in done.stderr.lower()
+
+
+def test_a_model_loaded_from_the_cache_keeps_its_hub_id_as_its_name(
+    empty_cache: Path, no_hub: str, tiny_model_dir: Path
+) -> None:
+    put_in_cache(empty_cache, "tiny/base", tiny_model_dir / "base")
+    put_in_cache(empty_cache, "tiny/adapter", tiny_model_dir / "adapter")
+    model = hub.prepare(ModelSettings(base="tiny/base", adapter="tiny/adapter"))
+    assert Path(model.base).is_dir()
+    assert (Path(model.base) / "config.json").is_file()
+    assert model.name == "tiny/base"  # what served_by reports, not the snapshot's folder
+    assert model.adapter_subfolder == "uncertainty/granite-4.0-micro/lora"
