@@ -64,7 +64,9 @@ class WireMessage(BaseModel):
             return self.content
         if self.content is None:
             raise InvalidRequest(
-                f"messages[{index}].content is required", param=f"messages[{index}].content"
+                f"messages[{index}].content is required",
+                param=f"messages[{index}].content",
+                code="missing_required_parameter",
             )
         pieces = []
         for k, part in enumerate(self.content):
