@@ -3,21 +3,24 @@
 #   docker build -t certainty-gateway .
 #   docker compose up            (gateway + Redis; see docker-compose.yml)
 #
-# torch==2.13.0 from PyPI is the platform's default build (on linux/x86_64 the CUDA build, which
-# pulls NVIDIA runtime wheels the lock does not list). For a smaller CPU-only image pass
+# Two stages: `build` installs the lock and the package into a virtual environment; the runtime
+# stage copies only that environment onto a fresh slim image (no pip cache, no build files).
+#
+# torch==2.13.0 from PyPI is, on linux/x86_64, the CUDA 13.0 build (it pulls NVIDIA's CUDA
+# wheels, a few GB, which the lock does not list; it runs on a CPU too). For a CPU-only image
+# (about 200 MB of torch) pass
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # which installs torch 2.13.0 (+cpu) from that index first; the lock's torch==2.13.0 accepts it.
-FROM python:3.11-slim
+FROM python:3.11-slim AS build
 
 ARG TORCH_INDEX_URL=""
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HF_HOME=/models
+    PATH=/opt/venv/bin:$PATH
 
-WORKDIR /app
+RUN python -m venv /opt/venv
+WORKDIR /src
 
 # Dependencies in their own layer, from the same lock scripts/setup installs: this layer is
 # rebuilt only when requirements.lock changes, not on every source edit.
@@ -31,9 +34,21 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
 # when it exists (pyproject.toml names it) without failing the build when it does not.
 COPY pyproject.toml README.m[d] ./
 COPY gateway ./gateway
-COPY policies ./policies
 RUN pip install --no-deps . \
     && rm -rf build *.egg-info
+
+
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    HF_HOME=/models
+
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY policies ./policies
+COPY examples ./examples
 
 # An unprivileged user; the Hugging Face cache (models and adapters) lives on a volume.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin gateway \

@@ -22,7 +22,9 @@ Command = Callable[[argparse.Namespace], int]
 def _make_tiny_model(args: argparse.Namespace) -> int:
     from gateway.engine.tiny import make_tiny_model
 
-    out = make_tiny_model(Path(args.out_dir), seed=args.seed, teach=args.teach_format)
+    out = make_tiny_model(
+        Path(args.out_dir), seed=args.seed, teach=args.teach_format, progress=True
+    )
     print(f"wrote {out / 'base'} and {out / 'adapter'}")
     return 0
 
@@ -80,24 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
         "make-tiny-model",
         help="write a miniature Granite model and adapter (random weights) for tests and demos",
     )
-    tiny.add_argument("out_dir", metavar="OUT_DIR")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("out_dir", metavar="OUT_DIR", help="folder to write; gets base/ and adapter/")
+    tiny.add_argument(
+        "--seed", type=int, default=0, help="random seed of the weights and tokenizer (default 0)"
+    )
     tiny.add_argument(
         "--teach-format",
         action="store_true",
-        help='train the adapter a few seconds so its reply is {"score": "N"}',
+        help='also train the adapter so its reply is {"score": "N"} (about a minute on one '
+        "CPU core, longer on a busy machine; a progress bar shows on stderr)",
     )
     tiny.set_defaults(run=_make_tiny_model)
 
     score = commands.add_parser("score", help="rate one answer to one question; prints JSON")
-    score.add_argument("--question", required=True)
-    score.add_argument("--answer", required=True)
+    score.add_argument("--question", required=True, help="the user's question")
+    score.add_argument("--answer", required=True, help="the answer to rate")
     source = score.add_argument_group("model (a config file, or --base and --adapter)")
     source.add_argument("--config", help="a gateway config file")
     source.add_argument("--base", help="base model: hub id or local folder")
     source.add_argument("--adapter", help="uncertainty adapter: hub id or local folder")
     source.add_argument("--adapter-subfolder", default=None, help="the adapter's subfolder")
-    score.add_argument("--mode", choices=["logits", "generate"], default=None)
+    score.add_argument(
+        "--mode",
+        choices=["logits", "generate"],
+        default=None,
+        help="logits: one forward pass, the whole digit distribution; generate: decode the "
+        "adapter's reply and parse it (default: the config's model.scoring_mode, logits)",
+    )
     score.add_argument("--documents", help="JSON list (or JSON Lines) of documents")
     score.set_defaults(run=_score)
 

@@ -7,11 +7,19 @@ that names the key and where it came from.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -32,9 +40,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def is_local_path(name: str) -> bool:
+    """A folder (existing or meant as one), not a hub id like `org/name`."""
+    return os.path.exists(name) or name.startswith((os.sep, ".", "~")) or name.count("/") > 1
+
+
 class ModelSettings(_Section):
     """The local model: hub ids or local folders."""
 
+    # What `served_by` reports for a local answer; default: the hub id, or the folder's name.
+    name: str | None = Field(default=None, min_length=1)
     base: str = DEFAULT_BASE
     base_revision: str | None = None
     adapter: str = DEFAULT_ADAPTER
@@ -51,6 +66,15 @@ class ModelSettings(_Section):
         if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"):
             return value
         raise ValueError("device is one of auto, cpu, cuda, cuda:N, mps")
+
+    @property
+    def display_name(self) -> str:
+        """`name`, else the base model's hub id, else its folder's name."""
+        if self.name:
+            return self.name
+        if is_local_path(self.base):
+            return Path(self.base.rstrip("/\\")).name or self.base
+        return self.base
 
 
 class EngineSettings(_Section):
@@ -95,6 +119,23 @@ class EscalationSettings(_Section):
     timeout_s: float = Field(default=30.0, gt=0)
     num_retries: int = Field(default=1, ge=0)
     fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks_name_known_models(
+        cls, fallbacks: list[dict[str, list[str]]], info: ValidationInfo
+    ) -> list[dict[str, list[str]]]:
+        model_list = info.data.get("model_list") or []
+        known = sorted({str(model.get("model_name")) for model in model_list})
+        for index, entry in enumerate(fallbacks):
+            for source, targets in entry.items():
+                for name in (source, *targets):
+                    if name not in known:
+                        raise ValueError(
+                            f"fallbacks[{index}] names {name!r}, which is not a model_name of "
+                            f"escalation.model_list (known: {', '.join(known) or 'none'})"
+                        )
+        return fallbacks
 
 
 class AuthSettings(_Section):

@@ -25,7 +25,7 @@ from __future__ import annotations
 class GatewayError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
-    code: str | None = None
+    code: str = "internal"  # every error carries a code; subclasses name a closer one
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -38,18 +38,23 @@ class GatewayError(Exception):
 class ConfigError(GatewayError):
     """A setting or policy file is wrong; start-up stops with this one message."""
 
+    code = "config_error"
+
 
 class ModelLoadError(GatewayError):
     """The base model, its tokenizer or the adapter could not be loaded."""
+
+    code = "model_load_error"
 
 
 class ClientError(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"
+    code = "invalid_request"
 
 
 class InvalidRequest(ClientError):
-    pass
+    code = "invalid_value"
 
 
 class UnsupportedParameter(InvalidRequest):
@@ -69,6 +74,7 @@ class AuthenticationFailed(ClientError):
 class PermissionDenied(ClientError):
     status_code = 403
     error_type = "permission_error"
+    code = "permission_denied"
 
 
 class ModelNotFound(ClientError):
@@ -98,6 +104,7 @@ class TooManyFailedAuthentications(RateLimited):
 class ServiceError(GatewayError):
     status_code = 500
     error_type = "server_error"
+    code = "server_error"
 
 
 class Overloaded(ServiceError):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
-from gateway.engine.tiny import build_base_model, build_tokenizer
+from gateway.cli import build_parser, main
+from gateway.engine.tiny import build_base_model, build_tokenizer, teach_answers
 
 
 def _score_args(model_dir: Path, *extra: str) -> list[str]:
@@ -107,3 +109,32 @@ def test_make_tiny_model_writes_base_and_adapter_in_loadable_layouts(tmp_path: P
         "input_linear",
         "output_linear",
     }
+
+
+def test_teaching_the_miniature_shows_a_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    tokenizer = build_tokenizer(0)
+    base = build_base_model(tokenizer)
+    teach_answers(base, tokenizer, steps=3, progress=True)
+    err = capsys.readouterr().err
+    assert "teaching the base to answer" in err
+    assert "3/3" in err
+
+
+def _every_command(
+    parser: argparse.ArgumentParser, path: str = "certainty-gateway"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _every_command(sub, f"{path} {name}")
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    missing = [
+        f"{path} {action.option_strings or action.dest}"
+        for path, parser in _every_command(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()
+    ]
+    assert missing == []

@@ -125,6 +125,66 @@ def test_compose_has_the_gateway_and_redis(compose: dict[str, Any]) -> None:
     assert any(v.endswith(":/etc/certainty-gateway/config.yaml:ro") for v in volumes)
 
 
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, one list per `FROM` stage."""
+    result: list[list[tuple[str, str]]] = []
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((keyword, args))
+    return result
+
+
+def test_dockerfile_builds_in_one_stage_and_runs_from_a_slim_one() -> None:
+    build, runtime = stages()
+    assert build[0][1].split() == ["python:3.11-slim", "AS", "build"]
+    assert any(kw == "RUN" and "-r requirements.lock" in args for kw, args in build)
+    assert runtime[0] == ("FROM", "python:3.11-slim")
+    copied = [args for kw, args in runtime if kw == "COPY" and args.startswith("--from=build")]
+    assert copied == ["--from=build /opt/venv /opt/venv"]
+    # Nothing is installed in the runtime stage, and it keeps the user and the health check.
+    assert not any(kw == "RUN" and "pip install" in args for kw, args in runtime)
+    assert any(kw == "USER" and args.split(":")[0] not in ("root", "0") for kw, args in runtime)
+    assert any(kw == "HEALTHCHECK" for kw, args in runtime)
+    env = " ".join(args for kw, args in runtime if kw == "ENV")
+    assert "PATH=/opt/venv/bin:$PATH" in env
+
+
+def test_compose_waits_for_a_healthy_redis(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    depends = compose["services"]["gateway"]["depends_on"]
+    assert depends == {"redis": {"condition": "service_healthy"}}
+
+
+def test_compose_passes_the_escalation_providers_key_through(compose: dict[str, Any]) -> None:
+    environment = compose["services"]["gateway"]["environment"]
+    assert environment["OPENAI_API_KEY"] == "${OPENAI_API_KEY:-}"  # from the shell, not the file
+
+
+def test_compose_mounts_a_config_that_exists(compose: dict[str, Any]) -> None:
+    (mount,) = [
+        v for v in compose["services"]["gateway"]["volumes"] if "/etc/certainty-gateway/" in v
+    ]
+    source = re.fullmatch(r"\$\{GATEWAY_CONFIG_FILE:-(.+)\}", mount.split(":/etc/")[0])
+    assert source is not None
+    assert (ROOT / source.group(1)).is_file()  # else Docker mounts an empty folder in its place
+    # The config escalates with the key the compose file passes through.
+    config = yaml.safe_load((ROOT / source.group(1)).read_text())
+    keys = {model["litellm_params"].get("api_key") for model in config["escalation"]["model_list"]}
+    environment = compose["services"]["gateway"]["environment"]
+    for key in keys:
+        assert key.startswith("os.environ/")
+        assert key.removeprefix("os.environ/") in environment
+
+
+def test_the_image_holds_the_files_the_compose_config_names() -> None:
+    copied = " ".join(args for kw, args in stages()[-1] if kw == "COPY")
+    assert "policies" in copied
+    assert "examples" in copied
+
+
 def test_dockerignore_keeps_local_state_out() -> None:
     ignored = {
         line.strip().rstrip("/")
@@ -132,3 +192,13 @@ def test_dockerignore_keeps_local_state_out() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".venv", ".git"} <= ignored
+
+
+def test_setup_the_dockerfile_and_the_readme_tell_one_story_about_torch() -> None:
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    for path in (ROOT / "scripts" / "setup", DOCKERFILE, ROOT / "README.md"):
+        text = path.read_text()
+        assert cpu_index in text, path
+        assert "CUDA 13.0 build" in text, path
+        assert "pip takes the build that fits" not in text, path
+    assert "TORCH_INDEX_URL" in (ROOT / "scripts" / "setup").read_text()

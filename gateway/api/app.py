@@ -200,6 +200,7 @@ async def _build_state(
         from gateway.engine.remote import RemoteEngine
 
         remote = await RemoteEngine.open(settings.engine, settings.model)
+        remote.display_name = settings.model.name
         stack.push_async_callback(remote.close)
         async_engine = remote
         depth_source = remote

@@ -185,9 +185,12 @@ def _policies_check(args: argparse.Namespace) -> int:
     rows = [("policy", "confidence", "return", "escalate", "withhold", "on error", "to")]
     for name in sorted(policies.policies):
         policy = policies.policies[name]
-        bands = {action.value: f"[{low:.2f}, {high:.2f})" for action, low, high in policy.bands()}
+        bands = {
+            action.value: f"[{_figure(low)}, {_figure(high)})"
+            for action, low, high in policy.bands()
+        }
         if "return" in bands:
-            bands["return"] = f"[{policy.return_at:.2f}, 1.00]"
+            bands["return"] = f"[{_figure(policy.return_at)}, 1.00]"
         rows.append(
             (
                 name,
@@ -207,6 +210,15 @@ def _policies_check(args: argparse.Namespace) -> int:
         for warning in missing_escalation_targets(policies, targets):
             print(f"warning: {warning}")
     return 0
+
+
+def _figure(value: float) -> str:
+    """A threshold as written (every digit it has), at least two decimals: 0.75, 0.468254."""
+    text = repr(float(value))
+    if "e" in text or "." not in text:
+        return text
+    whole, _, decimals = text.partition(".")
+    return f"{whole}.{decimals.ljust(2, '0')}"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

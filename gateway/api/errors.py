@@ -123,7 +123,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
     """The envelope for Starlette's own errors (an unknown path, a wrong method)."""
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "invalid_request" if exc.status_code < 500 else "server_error"
+    )
     return JSONResponse(
         envelope(str(exc.detail), kind, code=code),
         status_code=exc.status_code,

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from gateway.api.auth import allowed_policies, authenticate, require_api_key
 from gateway.api.errors import error_responses
 from gateway.api.state import GatewayState
-from gateway.errors import AuthenticationFailed, RateLimited
+from gateway.errors import AuthenticationFailed, ModelNotFound, RateLimited
 
 router = APIRouter()
 """Every route here; the `/v1` ones (`api`, included at the end) behind the key and rate limit."""
@@ -32,21 +32,38 @@ api = APIRouter(dependencies=[Depends(require_api_key)], responses=error_respons
 @api.get("/v1/models")
 async def list_models(request: Request, state: State) -> dict[str, Any]:
     """One entry per policy (the ones the caller's API key may use)."""
-    created = int(state.started_at)
     allowed = allowed_policies(request.scope)
     return {
         "object": "list",
         "data": [
-            {
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "certainty-gateway",
-                "description": policy.description,
-            }
-            for name, policy in sorted(state.policies.current.policies.items())
+            _model(state, name)
+            for name in sorted(state.policies.current.policies)
             if allowed is None or name in allowed
         ],
+    }
+
+
+@api.get("/v1/models/{model_id}")
+async def retrieve_model(model_id: str, request: Request, state: State) -> dict[str, Any]:
+    """One policy (the SDK's `models.retrieve`); 404 for one the caller cannot see."""
+    allowed = allowed_policies(request.scope)
+    if model_id not in state.policies.current.policies or (
+        allowed is not None and model_id not in allowed
+    ):
+        raise ModelNotFound(
+            f"the model {model_id!r} does not exist; GET /v1/models lists the models (policies)",
+            param="model",
+        )
+    return _model(state, model_id)
+
+
+def _model(state: GatewayState, name: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": int(state.started_at),
+        "owned_by": "certainty-gateway",
+        "description": state.policies.current.policies[name].description,
     }
 
 

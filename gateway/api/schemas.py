@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from gateway.config import LimitSettings
 from gateway.engine.base import ChatRequest, Message, SamplingParams
@@ -44,6 +44,11 @@ UNSUPPORTED_FIELDS = {
 }
 """Fields we cannot honour: a 400 when they are present and not null."""
 
+StrictInt = Annotated[int, Field(strict=True)]
+"""Booleans, numbers: strict, as OpenAI's API is (`"stream": "yes"`, `"max_tokens": "5"`, `true`
+as a number, `5.5` as an integer are each a 400). A float field takes an integer (`0` is 0.0)."""
+StrictFloat = Annotated[float, Field(strict=True)]
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -63,7 +68,9 @@ class WireMessage(BaseModel):
             return self.content
         if self.content is None:
             raise InvalidRequest(
-                f"messages[{index}].content is required", param=f"messages[{index}].content"
+                f"messages[{index}].content is required",
+                param=f"messages[{index}].content",
+                code="missing_required_parameter",
             )
         pieces = []
         for k, part in enumerate(self.content):
@@ -91,7 +98,7 @@ its JSON text), the shape vLLM's chat request takes, whichever engine answers.""
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionBody(BaseModel):
@@ -101,18 +108,18 @@ class ChatCompletionBody(BaseModel):
 
     model: str = Field(min_length=1)
     messages: Annotated[list[WireMessage], Field(min_length=1)]
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: StrictFloat | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI's
-    n: int | None = Field(default=None, ge=1)
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI's
+    n: StrictInt | None = Field(default=None, ge=1)
     user: str | None = None
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     documents: list[DocumentBody] | None = None
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     response_format: dict[str, Any] | None = None
 
     @field_validator("stop")
@@ -136,6 +143,7 @@ class ChatCompletionBody(BaseModel):
                     f"{name!r} is not accepted: clients cannot choose where the gateway sends "
                     "traffic",
                     param=name,
+                    code="parameter_not_allowed",
                 )
         for name, why in UNSUPPORTED_FIELDS.items():
             if extra.get(name) not in (None, [], False):
@@ -167,13 +175,16 @@ class ChatCompletionBody(BaseModel):
             messages.append(Message(role=role, content=content))
         if messages[-1].role == "assistant":
             raise InvalidRequest(
-                "the last message must be from the user or the system", param="messages"
+                "the last message must be from the user or the system",
+                param="messages",
+                code="invalid_value",
             )
         max_tokens = self.max_completion_tokens or self.max_tokens or default_max_tokens
         if max_tokens > max_tokens_cap:
             raise InvalidRequest(
                 f"max_tokens is {max_tokens}; this gateway allows at most {max_tokens_cap}",
                 param="max_completion_tokens" if self.max_completion_tokens else "max_tokens",
+                code="max_tokens_exceeded",
             )
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         sampling = SamplingParams(

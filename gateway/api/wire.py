@@ -41,7 +41,9 @@ def certainty_headers(certainty: ScoreResult | None, confidence: float | None) -
     score = str(certainty.score) if isinstance(certainty, Certainty) else "none"
     return {
         "x-certainty-score": score,
-        "x-certainty-confidence": f"{confidence:.4f}" if confidence is not None else "none",
+        # Every digit (the shortest text that reads back as the same float): the number the policy
+        # compared, so a header always shows why a threshold decided.
+        "x-certainty-confidence": repr(confidence) if confidence is not None else "none",
     }
 
 

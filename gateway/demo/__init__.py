@@ -10,9 +10,12 @@ keys, ...) works as in a real start; only the model, policies and escalation def
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,9 @@ SAMPLE_QUESTIONS = (
     "What is the speed of light?",
 )
 ESCALATION_KEY = "demo-escalation-key"
+MODEL_NAME = "granite-4.0-micro-miniature"
+"""What `served_by` reports in the demo (unless `model.name` is set)."""
+SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 BANNER = (
     "DEMO MODE: miniature Granite-architecture models with random weights. "
     "Answers and certainties are noise; the request path, policies, cache and escalation are real."
@@ -52,9 +58,39 @@ def demo_home() -> Path:
     return Path(cache) / "certainty-gateway" / "demo"
 
 
+def demo_key() -> str:
+    """The demo cache's key: the package's version and a hash of what the demo is built from
+    (the miniature's builder and chat template, this module, the shipped policies). Another
+    version or a checkout with other content builds its own demo; identical ones share it."""
+    try:
+        version = metadata.version("certainty-gateway")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    digest = hashlib.sha256(f"demo {DEMO_VERSION}\n".encode())
+    engine = resources.files("gateway.engine")
+    parts = [
+        ("tiny.py", engine.joinpath("tiny.py").read_bytes()),
+        ("chat_template.jinja", engine.joinpath("chat_template.jinja").read_bytes()),
+        ("demo", Path(__file__).read_bytes()),
+    ]
+    if SHIPPED_POLICIES.is_dir():
+        parts += [
+            (f"policies/{p.name}", p.read_bytes()) for p in sorted(SHIPPED_POLICIES.glob("*"))
+        ]
+    for name, content in parts:
+        digest.update(f"{name} {len(content)}\n".encode())
+        digest.update(content)
+    return f"{version}-{digest.hexdigest()[:16]}"
+
+
+def demo_folder(home: Path) -> Path:
+    """Where this version and content of the demo lives under `home`."""
+    return home / demo_key()
+
+
 def build_demo(home: Path) -> Path:
     """Build the miniature model and the demo policies once; returns the folder."""
-    folder = home / f"v{DEMO_VERSION}"
+    folder = demo_folder(home)
     done = folder / "ready.json"
     if done.is_file():
         return folder
@@ -62,8 +98,13 @@ def build_demo(home: Path) -> Path:
 
     log.info("building the demo's miniature model (once)", extra={"folder": str(folder)})
     folder.mkdir(parents=True, exist_ok=True)
-    make_tiny_model(folder / "model", seed=0, teach=True)
-    low, high = _tertiles(folder / "model")
+    model = folder / "model"
+    built = model / "built"
+    if not built.is_file():  # else built by a run that stopped later
+        shutil.rmtree(model, ignore_errors=True)
+        make_tiny_model(model, seed=0, teach=True, progress=True)
+        built.write_text("")
+    low, high = _tertiles(model)
     _write_policies(folder / "policies", low, high)
     done.write_text(json.dumps({"return_at": high, "escalate_at": low}) + "\n")
     return folder
@@ -95,7 +136,6 @@ def _tertiles(model_dir: Path) -> tuple[float, float]:
 
 def _write_policies(folder: Path, low: float, high: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    shipped = Path(__file__).resolve().parents[2] / "policies"
     policies: dict[str, dict[str, Any]] = {
         "granite": {
             "name": "granite",
@@ -117,7 +157,7 @@ def _write_policies(folder: Path, low: float, high: float) -> None:
         },
     }
     for name, body in policies.items():
-        note = f"# Written by `serve --demo` (thresholds fit the miniature model); see {shipped}.\n"
+        note = "# Written by `serve --demo` (thresholds fit the miniature model); see policies/.\n"
         (folder / f"{name}.yaml").write_text(note + yaml.safe_dump(body, sort_keys=False))
 
 
@@ -132,6 +172,7 @@ def prepare_demo(config: Path | None, *, host: str | None, port: int | None) -> 
     if settings.model.base == DEFAULT_BASE:
         update["model"] = settings.model.model_copy(
             update={
+                "name": settings.model.name or MODEL_NAME,
                 "base": str(folder / "model" / "base"),
                 "adapter": str(folder / "model" / "adapter"),
                 "adapter_subfolder": None,
@@ -158,6 +199,5 @@ def prepare_demo(config: Path | None, *, host: str | None, port: int | None) -> 
                 "timeout_s": 30.0,
             }
         )
-    log.warning(BANNER)
-    print(BANNER, flush=True)
+    print(BANNER, flush=True)  # once, plainly, for the person who started it
     return settings.model_copy(update=update)

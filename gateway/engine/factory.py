@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.config import EngineSettings, ModelSettings, load_settings
+from gateway.engine import hub
 from gateway.engine.local import LocalEngine, ModelSource
 
 
 def source_from_settings(model: ModelSettings) -> ModelSource:
     return ModelSource(
+        name=model.display_name,
         base=model.base,
         adapter=model.adapter,
         adapter_subfolder=model.adapter_subfolder,
@@ -22,6 +24,7 @@ def engine_from_settings(model: ModelSettings, engine: EngineSettings | None = N
     """The local engine of `model`; on a CUDA device, with `engine`'s static KV cache and CUDA
     graphs unless `engine.cuda_graphs` is off."""
     engine = engine or EngineSettings()
+    model = hub.prepare(model)  # no hub: one line at once, not a minute of retries
     return LocalEngine.load(
         source_from_settings(model),
         device=model.device,

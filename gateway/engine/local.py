@@ -127,6 +127,7 @@ class ModelSource:
     adapter_subfolder: str | None = None
     base_revision: str | None = None
     adapter_revision: str | None = None
+    name: str | None = None  # what `served_by` reports (not part of the identity)
 
     def identity(self) -> str:
         sub = f"/{self.adapter_subfolder}" if self.adapter_subfolder else ""
@@ -275,8 +276,8 @@ class LocalEngine:
 
     @property
     def served_name(self) -> str:
-        """The base model's id or folder: what `served_by` reports for a local answer."""
-        return self.source.base
+        """What `served_by` reports for a local answer: the model's name, else its id or folder."""
+        return self.source.name or self.source.base
 
     @property
     def scoring_mode(self) -> ScoringMode:

@@ -201,9 +201,11 @@ class RemoteEngine:
     def model_id(self) -> str:
         return self._model_id
 
+    display_name: str | None = None  # `model.name`: what `served_by` reports, if set
+
     @property
     def served_name(self) -> str:
-        return self.base_model
+        return self.display_name or self.base_model
 
     @property
     def scoring_mode(self) -> ScoringMode:

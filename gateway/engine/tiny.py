@@ -7,8 +7,9 @@ adapter's six target modules). The adapter is also written under
 `out_dir/adapter/uncertainty/granite-4.0-micro/lora/`, the layout of the real adapter repository,
 so the `subfolder` loading path is exercised too.
 
-The weights are random: the answers are noise. `teach_format=True` trains the adapter for a few
-seconds so that its greedy reply is `{"score": "N"}`.
+The weights are random: the answers are noise. `teach=True` also trains the adapter so that its
+greedy reply is `{"score": "N"}` (150 small steps: about a minute on one CPU core, more on a busy
+machine; `progress=True` shows a progress bar on stderr).
 """
 
 from __future__ import annotations
@@ -340,12 +341,17 @@ def _train(
     steps: int,
     lr: float,
     batch: int = 16,
+    progress: str | None = None,
 ) -> float:
-    """A few steps of next-token training on the replies only; returns the last loss."""
+    """A few steps of next-token training on the replies only; returns the last loss.
+
+    `progress`: a label for a progress bar on stderr (none when unset)."""
+    from tqdm import tqdm
+
     optimizer = torch.optim.AdamW(params, lr=lr)
     model.train()
     loss_value = float("nan")
-    for step in range(steps):
+    for step in tqdm(range(steps), desc=progress, disable=progress is None, unit="step"):
         chunk = [examples[(step * batch + k) % len(examples)] for k in range(batch)]
         width = max(len(p) + len(r) for p, r in chunk)
         ids = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -367,35 +373,53 @@ def _train(
 
 
 def teach_answers(
-    model: Any, tokenizer: Any, seed: int = 0, steps: int = 150, lr: float = 1e-2
+    model: Any,
+    tokenizer: Any,
+    seed: int = 0,
+    steps: int = 150,
+    lr: float = 1e-2,
+    *,
+    progress: bool = False,
 ) -> float:
     """Train the tiny base briefly so its answers are short word sequences that end the turn."""
     torch.manual_seed(seed + 3)
     examples = _answer_examples(tokenizer, seed, 256)
     params = [p for p in model.parameters() if p.requires_grad]
-    return _train(model, examples, params, pad_id=tokenizer.pad_token_id, steps=steps, lr=lr)
+    label = "teaching the base to answer" if progress else None
+    return _train(
+        model, examples, params, pad_id=tokenizer.pad_token_id, steps=steps, lr=lr, progress=label
+    )
 
 
-def teach_format(model: Any, tokenizer: Any, seed: int = 0, steps: int = 150) -> float:
+def teach_format(
+    model: Any, tokenizer: Any, seed: int = 0, steps: int = 150, *, progress: bool = False
+) -> float:
     """Train the LoRA briefly so the adapter's greedy reply is `{"score": "N"}`; returns loss."""
     torch.manual_seed(seed + 2)
     examples = _format_examples(tokenizer, seed, 256)
     params = [p for n, p in model.named_parameters() if "lora_" in n]
-    return _train(model, examples, params, pad_id=tokenizer.pad_token_id, steps=steps, lr=1e-2)
+    label = "teaching the adapter its reply format" if progress else None
+    return _train(
+        model, examples, params, pad_id=tokenizer.pad_token_id, steps=steps, lr=1e-2, progress=label
+    )
 
 
-def make_tiny_model(out_dir: Path, *, seed: int = 0, teach: bool = False) -> Path:
-    """Write `out_dir/base/` and `out_dir/adapter/` (and the adapter again under its subfolder)."""
+def make_tiny_model(
+    out_dir: Path, *, seed: int = 0, teach: bool = False, progress: bool = False
+) -> Path:
+    """Write `out_dir/base/` and `out_dir/adapter/` (and the adapter again under its subfolder).
+
+    `progress`: progress bars on stderr while training."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(seed)
     base = build_base_model(tokenizer, seed)
-    teach_answers(base, tokenizer, seed)
+    teach_answers(base, tokenizer, seed, progress=progress)
     base_dir = out_dir / "base"
     base.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     peft_model = build_adapter(base, seed)
     if teach:
-        teach_format(peft_model, tokenizer, seed)
+        teach_format(peft_model, tokenizer, seed, progress=progress)
     adapter_dir = out_dir / "adapter"
     peft_model.save_pretrained(adapter_dir)
     peft_model.save_pretrained(adapter_dir / ADAPTER_SUBFOLDER)

@@ -71,7 +71,13 @@ def _register_tune(commands: argparse._SubParsersAction[argparse.ArgumentParser]
             "escalation_rate, withheld_rate, answered_accuracy, overall_accuracy, relative_cost."
         ),
     )
-    parser.add_argument("--scores", required=True, metavar="SCORES.jsonl")
+    parser.add_argument(
+        "--scores",
+        required=True,
+        metavar="SCORES.jsonl",
+        help="one JSON object a line: confidence, correct (and optionally escalated_correct, "
+        "cost); `eval` writes it as DIR/scores.jsonl",
+    )
     parser.add_argument(
         "--target",
         required=True,
@@ -229,6 +235,19 @@ _COLUMNS = (
     ("acc_overall", "overall_accuracy"),
     ("rel_cost", "relative_cost"),
 )
+_RIGHT_OR_ESCALATED = "right_or_escalated"
+
+
+def _figures(point: Any, knows_escalation: bool) -> dict[str, Any]:
+    """The point's figures; without escalation labels, `right_or_escalated` replaces the unknown
+    `overall_accuracy` (and `answered_accuracy`)."""
+    figures: dict[str, Any] = point.as_dict()
+    if not knows_escalation:
+        right = (point.returned_accuracy or 0.0) * point.returned_rate
+        figures[_RIGHT_OR_ESCALATED] = right + point.escalation_rate
+        figures.pop("overall_accuracy", None)
+        figures.pop("answered_accuracy", None)
+    return figures
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -242,15 +261,20 @@ def run_tune(args: argparse.Namespace) -> int:
     result = tune(sweep, targets, objective=args.objective, top=args.top)
     target_text = ", ".join(str(t) for t in targets)
     choices = [p for p in (result.best, *result.alternatives) if p is not None]
+    # Without `escalated_correct` the overall accuracy is unknown: the table shows, and the
+    # ranking uses, what the data has (right returned answers + escalations, a stated proxy).
+    known = sweep.knows_escalation
+    ranked_by = _RIGHT_OR_ESCALATED if result.proxy else result.objective
     if args.json:
         print(
             json.dumps(
                 {
                     "targets": [str(t) for t in targets],
                     "objective": result.objective,
+                    "ranked_by": ranked_by,
                     "searched": result.searched,
                     "feasible": result.feasible,
-                    "choices": [p.as_dict() for p in choices],
+                    "choices": [_figures(p, known) for p in choices],
                 },
                 indent=2,
             )
@@ -261,10 +285,15 @@ def run_tune(args: argparse.Namespace) -> int:
             f"{result.feasible} of {result.searched} threshold pairs meet it "
             f"(n = {sweep.n})"
         )
-        if result.proxy:
-            print("(no escalated_correct in the scores: escalated answers are counted as right)")
+        if not known:
+            print(
+                "(no escalated_correct in the scores: the overall accuracy is unknown; "
+                f"{_RIGHT_OR_ESCALATED} = returned answers that are right + escalated answers, "
+                "counting every escalated answer as right"
+                + (f"; ranked by {_RIGHT_OR_ESCALATED})" if result.proxy else ")")
+            )
         if choices:
-            print(_format_table(choices))
+            print(_format_table(choices, known))
     if result.best is None:
         print(f"certainty-gateway: no thresholds meet {target_text}", file=sys.stderr)
         return 1
@@ -292,15 +321,21 @@ def _plain(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _format_table(points: list[Any]) -> str:
-    header = [title for title, _ in _COLUMNS]
+def _format_table(points: list[Any], knows_escalation: bool = True) -> str:
+    columns = [
+        (title, key)
+        if knows_escalation or key != "overall_accuracy"
+        else (_RIGHT_OR_ESCALATED, _RIGHT_OR_ESCALATED)
+        for title, key in _COLUMNS
+    ]
+    header = [title for title, _ in columns]
     rows = [header]
     for point in points:
-        figures = point.as_dict()
+        figures = _figures(point, knows_escalation)
         rows.append(
             [
                 f"{figures[key]:g}" if key in ("return_at", "escalate_at") else _plain(figures[key])
-                for _, key in _COLUMNS
+                for _, key in columns
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

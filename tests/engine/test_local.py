@@ -50,6 +50,33 @@ def test_documents_are_rendered_inside_the_system_turn(engine: LocalEngine) -> N
     assert system_turn.index("<documents>") < system_turn.index("</documents>")
 
 
+DOCUMENTS_PREAMBLE = (
+    "You are a helpful assistant with access to the following documents. You may use one or "
+    "more documents to assist with the user query.\n\nYou are given a list of documents within "
+    "<documents></documents> XML tags:\n<documents>\n"
+)
+
+
+def test_documents_open_the_system_turn_with_granites_own_sentence(engine: LocalEngine) -> None:
+    documents = [{"doc_id": "1", "text": "Paris."}, {"doc_id": "2", "text": "Lyon."}]
+    text = _text(engine, engine.render([QUESTION[0].as_dict()], documents))
+    assert text.startswith(
+        "<|start_of_role|>system<|end_of_role|>"
+        + DOCUMENTS_PREAMBLE
+        + '{"doc_id": "1", "text": "Paris."}\n{"doc_id": "2", "text": "Lyon."}\n</documents>\n\n'
+        "Write the response to the user's input by strictly aligning with the facts"
+    )
+    assert DEFAULT_SYSTEM not in text
+
+
+def test_documents_follow_the_requests_own_system_message(engine: LocalEngine) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, QUESTION[0].as_dict()]
+    text = _text(engine, engine.render(messages, [{"text": "Paris."}]))
+    assert text.startswith(
+        "<|start_of_role|>system<|end_of_role|>Be brief.\n\n" + DOCUMENTS_PREAMBLE
+    )
+
+
 def test_certainty_prompt_adds_answer_and_certainty_turn_with_same_documents(
     engine: LocalEngine,
 ) -> None:
