@@ -87,8 +87,10 @@ class EscalationSettings(_Section):
 class AuthSettings(_Section):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
+    # Keys for /dashboard and /v1/gateway/stats (comma-separated in the environment).
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -105,6 +107,20 @@ class LimitSettings(_Section):
     requests_per_minute: int | None = Field(default=None, gt=0)
     # Requests a key may send at once before the per-minute pace applies; unset: a minute's worth.
     rate_limit_burst: int | None = Field(default=None, gt=0)
+
+
+class StatsSettings(_Section):
+    """The dashboard's counters (`/v1/gateway/stats`) and the calibration audit."""
+
+    enabled: bool = True
+    # With a Redis cache.url, replicas add their counters there this often (seconds).
+    flush_s: float = Field(default=2.0, gt=0)
+    # The shared "since start" counters expire this long after the last write.
+    redis_ttl_s: int = Field(default=7 * 24 * 3600, gt=3600)
+    audit_concurrency: int = Field(default=4, ge=1)
+    audit_timeout_s: float = Field(default=30.0, gt=0)
+    # After a judge failure, a policy's audit stops for this long.
+    audit_pause_s: float = Field(default=300.0, gt=0)
 
 
 class ServerSettings(_Section):
@@ -133,6 +149,7 @@ class Settings(BaseSettings):
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     log_content: bool = False
     demo: bool = False

@@ -26,6 +26,7 @@ from gateway.errors import EscalationFailed, ModelNotFound
 from gateway.escalation import EscalationReply, Escalator
 from gateway.metrics import Metrics
 from gateway.policy import Action, Policy, PolicyStore, decide, policy_confidence
+from gateway.stats.recorder import StatsRecorder, current_input
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ class Pipeline:
         cache_ttl_s: int,
         flights: SingleFlight | None = None,
         metrics: Metrics | None = None,
+        stats: StatsRecorder | None = None,
     ) -> None:
         self.engine = engine
         self.policies = policies
@@ -239,6 +241,7 @@ class Pipeline:
         self.cache_ttl_s = cache_ttl_s
         self.flights = flights or SingleFlight(cache, ttl_s=cache_ttl_s)
         self.metrics = metrics or Metrics()
+        self.stats = stats
         # Hits on a popular entry bring the same bytes again and again: decode each once.
         self._decode = functools.lru_cache(maxsize=DECODED_HITS)(Completion.from_json)
 
@@ -297,6 +300,7 @@ class Pipeline:
     # ------------------------------------------------------------- non-streaming
 
     async def complete(self, inp: CompletionInput) -> Completion:
+        current_input.set(inp)
         policy = self.policy(inp.policy)
         inp = self._capped(policy, inp)
         key = self.key(policy, inp)
@@ -412,6 +416,7 @@ class Pipeline:
         policy holds the local answer until the decision, so a withheld text never leaves; an
         escalated answer streams the upstream's chunks as they come.
         """
+        current_input.set(inp)
         policy = self.policy(inp.policy)
         inp = self._capped(policy, inp)
         key = self.key(policy, inp)
@@ -513,3 +518,5 @@ class Pipeline:
         if timer is not None:
             for stage, seconds in timer.stages.items():
                 self.metrics.stage_latency_of(stage).observe(seconds)
+        if self.stats is not None:
+            self.stats.record(completion, timer.stages if timer is not None else None)

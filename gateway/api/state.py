@@ -18,6 +18,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyStore
 from gateway.ratelimit import RateLimiter
+from gateway.stats.recorder import StatsRecorder
 
 
 @dataclass
@@ -37,6 +38,8 @@ class GatewayState:
     """API requests being handled (health and metrics excluded); kept by the request middleware."""
     engine_check: Callable[[], Awaitable[list[str]]] | None = None
     """A look at a remote model server (vLLM): what is wrong with it, as sentences."""
+    stats: StatsRecorder | None = None
+    """The dashboard's counters (None with `stats.enabled: false`)."""
 
     def begin_drain(self) -> None:
         """Readiness fails from now on; requests keep being served while they drain."""
