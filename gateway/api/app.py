@@ -219,7 +219,7 @@ async def _build_state(
         depth_source = worker
     cache = build_cache(settings.cache)
     stack.push_async_callback(cache.close)
-    stats = await start_stats(settings, policies, metrics, stack)
+    stats = await start_stats(settings, policies, escalator, metrics, stack)
     pipeline = Pipeline(
         async_engine,
         policies,

@@ -2,8 +2,9 @@
 
 A `model_name` of the escalation list is priced, in this order, by the `input_cost_per_token` /
 `output_cost_per_token` of its `litellm_params` or its `model_info` (LiteLLM's own way to price
-a private deployment), else by LiteLLM's model price map under `litellm_params.model` (with and
-without the provider prefix). A model with no known price has none: the saving is then not
+a private deployment), else by LiteLLM's model price map under `model_info.base_model` (as
+LiteLLM prices Azure deployments), then `litellm_params.model` (with and without the provider
+prefix). A model with no known price has none: the saving is then not
 estimated, rather than estimated at zero.
 """
 
@@ -45,14 +46,16 @@ class Prices:
         if entry is None:
             return None
         params: Mapping[str, Any] = entry.get("litellm_params") or {}
+        info: Mapping[str, Any] = entry.get("model_info") or {}
         model = str(params.get("model") or model_name)
-        for source in (params, entry.get("model_info") or {}):
+        for source in (params, info):
             price = _price(model, source)
             if price is not None:
                 return price
         cost_map = self._cost_map if self._cost_map is not None else _litellm_cost_map()
-        for name in (model, model.partition("/")[2]):
-            price = _price(model, cost_map.get(name) or {}) if name else None
+        base = str(info.get("base_model") or "")
+        for name in (base, model, model.partition("/")[2]):
+            price = _price(name, cost_map.get(name) or {}) if name else None
             if price is not None:
                 return price
         return None
