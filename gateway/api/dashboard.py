@@ -61,7 +61,8 @@ class PolicyStats(BaseModel):
         "(read from log-spaced bins, to within 25 %)."
     )
     escalation: dict[str, Any] = Field(
-        description="`spend_usd` (LiteLLM's cost of the escalations), `baseline_usd` (every "
+        description="`spend_usd` (LiteLLM's cost of the escalations; where it knows none, "
+        "the reply's token counts at the baseline's price), `baseline_usd` (every "
         "request's local token counts priced at the escalation model), `saving_usd` "
         "(baseline - spend), `priced_at`; null where the model has no known price."
     )

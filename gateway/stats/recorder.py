@@ -128,6 +128,14 @@ class StatsRecorder:
                 cell.add_latency(stage, seconds)
         if completion.escalation_cost:
             cell.spend_usd += completion.escalation_cost
+        elif (
+            price is not None
+            and completion.action.value == "escalate"
+            and not (completion.escalation_error)
+        ):  # LiteLLM knew no cost: the reply's tokens at the price of the baseline
+            cell.spend_usd += price.of(
+                completion.usage.prompt_tokens, completion.usage.completion_tokens
+            )
         if price is not None:
             usage = completion.local_usage
             cell.baseline_usd += price.of(usage.prompt_tokens, usage.completion_tokens)

@@ -7,7 +7,8 @@ trip. A window is the sum of its minute hashes, read in one round trip.
 
 Every call runs under a time limit and behind a circuit breaker, as the Redis cache does; a
 failure raises `StatsUnavailable`, and the recorder then shows this replica's own counts (the
-page says "this replica only") and keeps its pending counts for the next flush.
+page says "this replica only") and keeps its pending counts for the next flush. (A flush that
+timed out after Redis applied it is thus counted twice: the counters are at least once.)
 """
 
 from __future__ import annotations

@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.policy import Policy
-from gateway.stats.cells import ACTIONS, CONFIDENCE_BINS, Cell, Key, latency_bin_seconds
+from gateway.stats.cells import (
+    ACTIONS,
+    CONFIDENCE_BINS,
+    STAGES,
+    Cell,
+    Key,
+    latency_bin_seconds,
+)
 from gateway.stats.recorder import WINDOW_MINUTES, View, Window
 
 EDGES = [round(i / CONFIDENCE_BINS, 1) for i in range(CONFIDENCE_BINS + 1)]
@@ -59,7 +66,7 @@ def _policy(name: str, cell: Cell, policy: Policy | None) -> dict[str, Any]:
         "shares": {a: _ratio(n, requests) for a, n in zip(ACTIONS, cell.actions, strict=True)},
         "confidence_histogram": {"edges": EDGES, "counts": list(cell.confidence)},
         "cache": {"hits": cell.hits, "hit_rate": _ratio(cell.hits, requests)},
-        "latency_ms": {stage: _quantiles(bins) for stage, bins in sorted(cell.latency.items())},
+        "latency_ms": {s: _quantiles(cell.latency[s]) for s in STAGES if s in cell.latency},
         "escalation": _money(cell, policy),
         "calibration": _calibration(cell, policy),
     }

@@ -136,7 +136,7 @@ def test_a_bad_window_is_a_400_in_the_openai_envelope(
         "/v1/gateway/stats", params={"window": "2d"}, headers={"Authorization": f"Bearer {ADMIN}"}
     )
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "window"
+    assert response.json()["error"]["param"] == "query.window"
 
 
 def test_the_stats_are_in_the_openapi_document(client: TestClient) -> None:
