@@ -21,7 +21,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from gateway.stats.cells import ACTIONS, Cell, Key, confidence_bin
+from gateway.policy.schema import Action
+from gateway.stats.cells import ACTIONS, CONFIDENCE_BINS, Cell, Key, confidence_bin
 from gateway.stats.prices import Price, Prices
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ WINDOW_MINUTES: dict[str, int | None] = {"5m": 5, "1h": 60, "all": None}
 KEPT_MINUTES = 61  # the longest window, plus the minute in progress
 Minutes = dict[int, dict[Key, Cell]]
 
-_ACTION_INDEX = {name: index for index, name in enumerate(ACTIONS)}
+_ACTION_INDEX = {Action(name): index for index, name in enumerate(ACTIONS)}
+_TOP_BIN = CONFIDENCE_BINS - 1
 
 
 class SharedStats(Protocol):
@@ -94,6 +96,8 @@ class StatsRecorder:
         self._minute = -1
         self._cells: dict[Key, Cell] = {}  # the current minute's
         self.auditor: Auditor | None = None
+        self._priced_for: object = None  # the policy set `_prices_of` holds prices for
+        self._prices_of: dict[str, Price | None] = {}
 
     # ------------------------------------------------------------------ recording
 
@@ -110,7 +114,7 @@ class StatsRecorder:
             auditor is not None
             and inp is not None
             and not completion.cached
-            and completion.action.value == "return"
+            and completion.action is Action.RETURN
         ):
             auditor.offer(inp, completion)
 
@@ -119,8 +123,9 @@ class StatsRecorder:
         cell: Cell, completion: Completion, stages: Mapping[str, float] | None, price: Price | None
     ) -> None:
         cell.requests += 1
-        cell.actions[_ACTION_INDEX[completion.action.value]] += 1
-        cell.confidence[confidence_bin(completion.confidence)] += 1
+        cell.actions[_ACTION_INDEX[completion.action]] += 1
+        index = int(completion.confidence * CONFIDENCE_BINS)  # confidence_bin, inlined
+        cell.confidence[index if index < _TOP_BIN else _TOP_BIN] += 1
         if completion.cached:
             cell.hits += 1
         if stages:
@@ -130,8 +135,8 @@ class StatsRecorder:
             cell.spend_usd += completion.escalation_cost
         elif (
             price is not None
-            and completion.action.value == "escalate"
-            and not (completion.escalation_error)
+            and completion.action is Action.ESCALATE
+            and not completion.escalation_error
         ):  # LiteLLM knew no cost: the reply's tokens at the price of the baseline
             cell.spend_usd += price.of(
                 completion.usage.prompt_tokens, completion.usage.completion_tokens
@@ -174,10 +179,19 @@ class StatsRecorder:
         return cells
 
     def _price(self, policy_name: str) -> Price | None:
-        policy = self._policies.current.get(policy_name)
-        if policy is None or policy.escalate_to is None:
-            return None
-        return self._prices.of(policy.escalate_to)
+        """The price of the policy's escalation model (looked up once per policy version)."""
+        current = self._policies.current
+        if current is not self._priced_for:
+            self._priced_for = current
+            self._prices_of = {}
+        try:
+            return self._prices_of[policy_name]
+        except KeyError:
+            policy = current.get(policy_name)
+            target = policy.escalate_to if policy is not None else None
+            price = self._prices.of(target) if target is not None else None
+            self._prices_of[policy_name] = price
+            return price
 
     def _cell(self, key: Key) -> Cell:
         minute = int(self._clock() // 60)
