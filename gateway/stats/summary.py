@@ -12,7 +12,6 @@ from gateway.stats.cells import (
     CONFIDENCE_BINS,
     STAGES,
     Cell,
-    Key,
     latency_bin_seconds,
 )
 from gateway.stats.recorder import WINDOW_MINUTES, View, Window
@@ -151,11 +150,3 @@ def _calibration(cell: Cell, policy: Policy | None) -> dict[str, Any]:
         "audit_usd": round(cell.audit_usd, 6),
         "bins": bins,
     }
-
-
-def policy_cells(cells: Mapping[Key, Cell]) -> dict[str, Cell]:
-    """`cells` merged over tenants, by policy."""
-    out: dict[str, Cell] = {}
-    for (policy, _), cell in cells.items():
-        out.setdefault(policy, Cell()).merge(cell)
-    return out

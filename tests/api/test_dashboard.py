@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
+from gateway.api.auth import key_id
 from gateway.config import AuthSettings, Settings
 from gateway.engine.local import LocalEngine
 from tests.api.conftest import FakeEscalator
@@ -92,9 +93,7 @@ def test_stats_need_an_admin_key_when_keys_are_configured(
     assert user.json()["error"]["message"] == "invalid admin key"
     admin = client.get("/v1/gateway/stats", headers={"Authorization": f"Bearer {ADMIN}"})
     assert admin.status_code == 200
-    assert admin.json()["tenants"] == [
-        "key-" + __import__("hashlib").sha256(USER.encode()).hexdigest()[:8]
-    ]
+    assert admin.json()["tenants"] == [key_id(USER)]
     page = client.get("/dashboard")
     assert page.status_code == 401
     assert page.headers["www-authenticate"].startswith("Basic ")

@@ -20,7 +20,7 @@ from gateway.pipeline import CompletionInput
 from gateway.policy import Action, PolicyStore
 from gateway.stats.audit import CalibrationAudit, parse_verdict
 from gateway.stats.prices import Prices
-from gateway.stats.recorder import StatsRecorder
+from gateway.stats.recorder import StatsRecorder, current_input
 from gateway.stats.summary import summarize
 from tests.stats.test_recorder import completion
 
@@ -84,10 +84,7 @@ def build(
 
 def returned(recorder: StatsRecorder, confidence: float = 0.85) -> None:
     request = ChatRequest(messages=(Message(role="user", content=QUESTION),))
-    inp = CompletionInput(policy="guard", request=request, tenant="acme")
-    from gateway.stats.recorder import current_input
-
-    current_input.set(inp)
+    current_input.set(CompletionInput(policy="guard", request=request, tenant="acme"))
     recorder.record(completion("guard", Action.RETURN, confidence), {"generate": 0.01})
 
 
