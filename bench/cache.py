@@ -10,13 +10,16 @@ the pure-Python one):
 The gateway serves the miniature model; the request is deterministic (temperature 0), so after
 the first request every answer is a cache hit and no model work is timed.
 
+`--stats-cost` adds, on the judged stack, the two gateways again with the dashboard's counters
+off (`stats.enabled: false`), in the same rounds: what the counters cost a cache hit.
+
 `--floor` adds, on the judged stack, a floor: what a Redis hit costs with nothing but its own
 parts (the body parsed and the key made once per distinct body, the Redis read, the decision
 decoded once per distinct entry, the response built), with and without the access log line; no
 API key, rate limit, request id, body limit, disconnect watch, metrics or FastAPI. It is not a
 gateway anyone should run: it shows how close to the bare app a hit can come at all.
 
-    python bench/cache.py [--seconds 10] [--connections 32] [--rounds 3] [--floor]
+    python bench/cache.py [--seconds 10] [--connections 32] [--rounds 3] [--floor] [--stats-cost]
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ IN_PROCESS = "gateway, in-process cache"
 REDIS = "gateway, Redis"
 FLOOR = "floor, Redis"
 FLOOR_NO_LOG = "floor, Redis, no log line"
+NO_STATS = ", no stats"
 STACKS = {"uvloop + httptools": ("uvloop", "httptools"), "asyncio + h11": ("asyncio", "h11")}
 """uvicorn's event loop and HTTP parser: the first is what `serve` runs (and is judged), the
 second the pure-Python stack, where the server itself costs several times more per request."""
@@ -222,6 +226,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per server, in turn")
     parser.add_argument("--floor", action="store_true", help="add the floor rows (see above)")
+    parser.add_argument(
+        "--stats-cost", action="store_true", help="add the gateways without stats (see above)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -267,8 +274,15 @@ def main() -> None:
             # one round of each, not one server's only figure.
             with contextlib.ExitStack() as running:
                 urls = {BARE: start_uvicorn(running, "bare_app:app", work, loop, http, env)}
-                for label, with_redis in ((IN_PROCESS, False), (REDIS, True)):
+                gateways = [(IN_PROCESS, False, True), (REDIS, True, True)]
+                if args.stats_cost and stack == JUDGED:
+                    gateways += [
+                        (IN_PROCESS + NO_STATS, False, False),
+                        (REDIS + NO_STATS, True, False),
+                    ]
+                for label, with_redis, stats in gateways:
                     run_env = {**env, "GATEWAY_SERVER__LOOP": loop, "GATEWAY_SERVER__HTTP": http}
+                    run_env["GATEWAY_STATS__ENABLED"] = "true" if stats else "false"
                     if with_redis:
                         run_env["GATEWAY_CACHE__URL"] = running.enter_context(redis(work))
                     port = free_port()

@@ -141,6 +141,8 @@ class EscalationSettings(_Section):
 class AuthSettings(_Section):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
+    # Keys for /dashboard and /v1/gateway/stats (comma-separated in the environment).
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Per client address: after this many failed authentications in a minute, every request
     # from it gets 429 until the minute is over; the 401s of one address are logged once per
@@ -148,7 +150,7 @@ class AuthSettings(_Section):
     failures_per_minute: int = Field(default=30, gt=0)
     failure_log_interval_s: float = Field(default=60.0, gt=0)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -168,6 +170,20 @@ class LimitSettings(_Section):
     max_documents: int = Field(default=64, gt=0)
     max_document_bytes: int = Field(default=64 * 1024, gt=0)  # each document, as UTF-8 JSON
     max_stop_chars: int = Field(default=256, gt=0)  # each of at most 4 stop sequences
+
+
+class StatsSettings(_Section):
+    """The dashboard's counters (`/v1/gateway/stats`) and the calibration audit."""
+
+    enabled: bool = True
+    # With a Redis cache.url, replicas add their counters there this often (seconds).
+    flush_s: float = Field(default=2.0, gt=0)
+    # The shared "since start" counters expire this long after the last write.
+    redis_ttl_s: int = Field(default=7 * 24 * 3600, gt=3600)
+    audit_concurrency: int = Field(default=4, ge=1)
+    audit_timeout_s: float = Field(default=30.0, gt=0)
+    # After a judge failure, a policy's audit stops for this long.
+    audit_pause_s: float = Field(default=300.0, gt=0)
 
 
 class ServerSettings(_Section):
@@ -204,6 +220,7 @@ class Settings(BaseSettings):
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     log_content: bool = False
     demo: bool = False

@@ -58,6 +58,40 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.audit_verdicts = Counter(
+            "gateway_audit_verdicts",
+            "Calibration audit: sampled answers by policy and verdict (correct, incorrect, "
+            "unclear, failed, skipped).",
+            ["policy", "verdict"],
+            registry=r,
+        )
+        self.audit_judged = Counter(
+            "gateway_audit_judged",
+            "Calibration audit: answers judged yes or no, by policy and confidence bin (tenths).",
+            ["policy", "bin"],
+            registry=r,
+        )
+        self.audit_correct = Counter(
+            "gateway_audit_correct",
+            "Calibration audit: answers judged right, by policy and confidence bin (tenths).",
+            ["policy", "bin"],
+            registry=r,
+        )
+        self.audit_cost = Counter(
+            "gateway_audit_cost_usd", "What the audit's judge cost.", ["policy"], registry=r
+        )
+        self.audit_accuracy = Gauge(
+            "gateway_audit_accuracy",
+            "Share of audited answers judged right (this process, since start).",
+            ["policy"],
+            registry=r,
+        )
+        self.audit_ece = Gauge(
+            "gateway_audit_ece",
+            "Expected calibration error of the audited answers (this process, since start).",
+            ["policy"],
+            registry=r,
+        )
 
         # `labels()` takes a lock and builds a key on every call; these remember each child (the
         # label values are bounded: policies, statuses, actions, stages).

@@ -35,6 +35,7 @@ from gateway.errors import EscalationFailed, ModelNotFound
 from gateway.escalation import EscalationReply, Escalator
 from gateway.metrics import Metrics
 from gateway.policy import Action, Policy, PolicyStore, decide, policy_confidence
+from gateway.stats.recorder import StatsRecorder, current_input
 
 __all__ = [  # the answer types, also importable from here
     "AsyncEngine",
@@ -117,6 +118,7 @@ class Pipeline:
         cache_ttl_s: int,
         flights: SingleFlight | None = None,
         metrics: Metrics | None = None,
+        stats: StatsRecorder | None = None,
     ) -> None:
         self.engine = engine
         self.policies = policies
@@ -125,6 +127,7 @@ class Pipeline:
         self.cache_ttl_s = cache_ttl_s
         self.flights = flights or SingleFlight(cache, ttl_s=cache_ttl_s)
         self.metrics = metrics or Metrics()
+        self.stats = stats
         # Hits on a popular entry bring the same bytes again and again: decode each once.
         self._decode = functools.lru_cache(maxsize=DECODED_HITS)(Completion.from_json)
 
@@ -199,6 +202,7 @@ class Pipeline:
     # ------------------------------------------------------------- non-streaming
 
     async def complete(self, inp: CompletionInput) -> Completion:
+        current_input.set(inp)
         policy, request, key = self._prepared(inp)
         if key is None:
             return await self._decide(policy, request)
@@ -306,6 +310,7 @@ class Pipeline:
         share one flight, as in `complete`: the caller that computes streams live, the others get
         the decision replayed.
         """
+        current_input.set(inp)
         policy, request, key = self._prepared(inp)
         if key is None:
             async for event in self._stream_fresh(policy, request):
@@ -416,6 +421,8 @@ class Pipeline:
         if timer is not None:
             for stage, seconds in timer.stages.items():
                 self.metrics.stage_latency_of(stage).observe(seconds)
+        if self.stats is not None:
+            self.stats.record(completion, timer.stages if timer is not None else None)
 
 
 def _flight_value(events: list[StreamEvent]) -> bytes | Uncached:

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from gateway import __version__
 from gateway.api.auth import KeyRing, reload_keys
 from gateway.api.chat import ChatEndpoint, ChatFirst
+from gateway.api.dashboard import router as dashboard_router
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import edge
 from gateway.api.openapi import openapi_document
@@ -32,6 +33,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import AsyncEngine, Pipeline
 from gateway.policy import PolicyStore
 from gateway.ratelimit import build_rate_limiter
+from gateway.stats.build import start_stats
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(dashboard_router)
     _document(app, settings)
     app.add_middleware(edge, max_body_bytes=settings.limits.max_body_bytes)  # as the chat route's
     return app
@@ -222,6 +225,7 @@ async def _build_state(
         depth_source = worker
     cache = build_cache(settings.cache)
     stack.push_async_callback(cache.close)
+    stats = await start_stats(settings, policies, escalator, metrics, stack)
     pipeline = Pipeline(
         async_engine,
         policies,
@@ -230,6 +234,7 @@ async def _build_state(
         cache_ttl_s=settings.cache.ttl_s,
         flights=build_single_flight(cache, settings.cache),
         metrics=metrics,
+        stats=stats,
     )
     return GatewayState(
         settings=settings,
@@ -239,6 +244,7 @@ async def _build_state(
         metrics=metrics,
         queue_depth_source=depth_source,
         engine_check=engine_check,
+        stats=stats,
     )
 
 

@@ -19,6 +19,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyStore
 from gateway.ratelimit import RateLimiter
+from gateway.stats.recorder import StatsRecorder
 
 
 @dataclass
@@ -40,6 +41,8 @@ class GatewayState:
     """A look at a remote model server (vLLM): what is wrong with it, as sentences."""
     failed_logins: FailedLogins = field(default_factory=lambda: FailedLogins(30, 60.0))
     """Failed authentications per client address (`_guard` sizes it from `auth`)."""
+    stats: StatsRecorder | None = None
+    """The dashboard's counters (None with `stats.enabled: false`)."""
 
     def begin_drain(self) -> None:
         """Readiness fails from now on; requests keep being served while they drain."""

@@ -44,6 +44,8 @@ ESCALATION_KEY = "demo-escalation-key"
 MODEL_NAME = "granite-4.0-micro-miniature"
 """What `served_by` reports in the demo (unless `model.name` is set)."""
 SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "policies"
+DEMO_AUDIT = {"sample": 0.5, "judge": "judge", "max_usd_per_hour": 1.0}
+"""The demo's calibration audit: half the returned answers, judged by the `granite` policy."""
 BANNER = (
     "DEMO MODE: miniature Granite-architecture models with random weights. "
     "Answers and certainties are noise; the request path, policies, cache and escalation are real."
@@ -93,6 +95,8 @@ def build_demo(home: Path) -> Path:
     folder = demo_folder(home)
     done = folder / "ready.json"
     if done.is_file():
+        found = json.loads(done.read_text())  # the policies may be newer than the model
+        _write_policies(folder / "policies", found["escalate_at"], found["return_at"])
         return folder
     from gateway.engine.tiny import make_tiny_model
 
@@ -149,11 +153,13 @@ def _write_policies(folder: Path, low: float, high: float) -> None:
             "escalate_at": low,
             "escalate_to": "large",
             "on_escalation_error": "return_local",
+            "audit": DEMO_AUDIT,
         },
         "guard": {
             "name": "guard",
             "description": "Demo guard: withholds the less certain half of the answers.",
             "return_at": round((low + high) / 2, 6),
+            "audit": DEMO_AUDIT,
         },
     }
     for name, body in policies.items():
@@ -184,20 +190,25 @@ def prepare_demo(config: Path | None, *, host: str | None, port: int | None) -> 
         update["policies_dir"] = folder / "policies"
     if not settings.escalation.model_list:
         api_key = settings.auth.api_keys[0] if settings.auth.api_keys else ESCALATION_KEY
+        to_granite = {
+            "model": "openai/granite",
+            "api_base": f"http://{call_host}:{port}/v1",
+            "api_key": api_key,
+        }
         update["escalation"] = settings.escalation.model_copy(
             update={
                 "model_list": [
                     {
                         "model_name": "large",
-                        "litellm_params": {
-                            "model": "openai/granite",
-                            "api_base": f"http://{call_host}:{port}/v1",
-                            "api_key": api_key,
-                        },
-                    }
+                        "litellm_params": to_granite,
+                        # priced as LiteLLM prices gpt-4o, so the dashboard estimates a saving
+                        "model_info": {"base_model": "gpt-4o"},
+                    },
+                    {"model_name": "judge", "litellm_params": dict(to_granite)},
                 ],
                 "timeout_s": 30.0,
             }
         )
     print(BANNER, flush=True)  # once, plainly, for the person who started it
+    print(f"Dashboard: http://{call_host}:{port}/dashboard", flush=True)
     return settings.model_copy(update=update)

@@ -20,6 +20,17 @@ class Action(enum.StrEnum):
     WITHHOLD = "withhold"
 
 
+class Audit(BaseModel):
+    """The calibration audit: a `sample` of the returned answers is sent, after the response,
+    to `judge` (a model_name of the escalation list), at most `max_usd_per_hour` a policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample: float = Field(gt=0.0, le=1.0)
+    judge: str = Field(min_length=1)
+    max_usd_per_hour: float | None = Field(default=None, ge=0.0)
+
+
 class Policy(BaseModel):
     """One policy file. `name` is the model alias clients request.
 
@@ -41,6 +52,7 @@ class Policy(BaseModel):
     max_tokens: int | None = Field(default=None, gt=0)
     cache: bool = True
     cache_sampled: bool = False
+    audit: Audit | None = None
 
     @model_validator(mode="after")
     def _bands_are_consistent(self) -> Policy:
@@ -65,7 +77,8 @@ class Policy(BaseModel):
 
     def content_hash(self) -> str:
         """Changes whenever anything that shapes a decision changes (cache keys include it)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # The audit watches decisions and shapes none: changing it keeps the cached ones.
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"audit"}), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def bands(self) -> list[tuple[Action, float, float]]:
