@@ -112,8 +112,8 @@ def child_decoder(model_dir: Path, args: argparse.Namespace, decoder: str) -> di
 def parity(engine: Any) -> dict[str, Any]:
     """What the report compares between the two decoders: the greedy tokens of four mixed
     rows (adapter off and on), and the digit distributions of two certainty prompts."""
-    from gateway.engine.base import SamplingParams
     from gateway.engine.local import DecodeRow
+    from gateway.types import SamplingParams
 
     rows = [
         DecodeRow(
@@ -175,8 +175,8 @@ def child_memory(model_dir: Path, args: argparse.Namespace, kind: str) -> dict[s
     if kind == "engine":
         engine = load(model_dir, args, "graphs")
         question = engine.render([{"role": "user", "content": QUESTIONS[0]}])
-        from gateway.engine.base import SamplingParams
         from gateway.engine.local import DecodeRow
+        from gateway.types import SamplingParams
 
         engine.decode([DecodeRow(question, SamplingParams(max_tokens=4), adapter=False)])
         engine.score_logits([certainty_prompt(engine, args.prompt_tokens)])

@@ -36,10 +36,10 @@ from gateway.api.state import GatewayState
 from gateway.cache import build_cache
 from gateway.certainty import ScoreResult, ScoringMode, certainty_from_distribution
 from gateway.config import Settings
-from gateway.engine.base import ChatRequest, Document, Generation, Message
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyStore
+from gateway.types import ChatRequest, Document, Generation, Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fake escalator
 from tests.fakes import FakeEscalator

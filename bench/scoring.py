@@ -156,7 +156,7 @@ def memory_now() -> dict[str, float]:
 
 def certainty_prompt(engine: Any, target_tokens: int) -> list[int]:
     """A question, an answer long enough for ~`target_tokens`, and the `<certainty>` turn."""
-    from gateway.engine.base import Message
+    from gateway.types import Message
 
     messages = [Message(role="user", content=QUESTION)]
     sentences: list[str] = []
@@ -185,8 +185,8 @@ def child_time(model_dir: Path, dtype_name: str, runs: int, prompt_tokens: int) 
     """Median time per score of each mode, interleaved round by round in this one process."""
 
     from gateway.certainty import MAX_REPLY_TOKENS, parse_reply
-    from gateway.engine.base import SamplingParams
     from gateway.engine.local import DecodeRow
+    from gateway.types import SamplingParams
 
     started = time.perf_counter()
     engine = load_engine(model_dir, dtype_name)
@@ -262,8 +262,8 @@ def engine_facts(engine: Any) -> dict[str, Any]:
 
 def child_engine(model_dir: Path, dtype_name: str, prompt_tokens: int) -> dict[str, Any]:
     """One engine: base + adapter on one `PeftModel`; one answer step, then one score."""
-    from gateway.engine.base import SamplingParams
     from gateway.engine.local import DecodeRow
+    from gateway.types import SamplingParams
 
     started = time.perf_counter()
     engine = load_engine(model_dir, dtype_name)

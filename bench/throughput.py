@@ -80,7 +80,7 @@ async def closed_loop(
     worker: Any, concurrency: int, total: int, max_tokens: int
 ) -> tuple[int, list[float]]:
     """`concurrency` clients share `total` requests; each waits for its answer and score."""
-    from gateway.engine.base import ChatRequest, Message, SamplingParams
+    from gateway.types import ChatRequest, Message, SamplingParams
 
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     counter = iter(range(total))
@@ -140,8 +140,8 @@ def measure(
 
 def decode_steps(engine: Any, batches: list[int], steps: int = 8) -> dict[int, tuple[float, float]]:
     """Per batch size: (prefill s per row, one decoding step s), straight on the engine."""
-    from gateway.engine.base import SamplingParams
     from gateway.engine.local import DecodeRow
+    from gateway.types import SamplingParams
 
     prompt = engine.render([{"role": "user", "content": QUESTIONS[0]}])
 
@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             build_model_folder(model_dir, layers=args.layers, seed=args.seed)
         import torch
 
-        from gateway.engine.base import ChatRequest, Message, SamplingParams
         from gateway.engine.local import LocalEngine, ModelSource
+        from gateway.types import ChatRequest, Message, SamplingParams
 
         source = ModelSource(base=str(model_dir / "base"), adapter=str(model_dir / "adapter"))
         engine = LocalEngine.load(

@@ -30,8 +30,8 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from gateway.engine.base import Message
     from gateway.engine.factory import load_local_engine
+    from gateway.types import Message
 
     if not args.answer.strip():
         raise InvalidRequest("the answer is empty: there is nothing to score", param="answer")

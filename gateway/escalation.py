@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import EscalationSettings
-from gateway.engine.base import Document, FinishReason, Message, SamplingParams
 from gateway.errors import EscalationFailed
+from gateway.types import Document, FinishReason, Message, SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.cache.base import DecisionCache
 from gateway.cache.key import cache_key, is_cacheable
 from gateway.cache.singleflight import Lookup, SingleFlight, Uncached
-from gateway.certainty import ScoreResult, ScoringMode
+from gateway.certainty import ScoreResult
 from gateway.completion import (
     Completion,
     Decided,
@@ -30,15 +30,15 @@ from gateway.completion import (
     decided,
     replay,
 )
-from gateway.engine.base import ChatRequest, Document, Generation, Message
+from gateway.engine.base import AsyncEngine
 from gateway.errors import EscalationFailed, ModelNotFound
 from gateway.escalation import EscalationReply, Escalator
 from gateway.metrics import Metrics
 from gateway.policy import Action, Policy, PolicyStore, decide, policy_confidence
 from gateway.stats.recorder import StatsRecorder, current_input
+from gateway.types import ChatRequest, Generation
 
 __all__ = [  # the answer types, also importable from here
-    "AsyncEngine",
     "Completion",
     "CompletionInput",
     "Decided",
@@ -54,31 +54,6 @@ log = logging.getLogger(__name__)
 
 DECODED_HITS = 256
 """How many cached decisions are kept decoded (by their bytes) for the hits that follow."""
-
-
-class AsyncEngine(Protocol):
-    """What the pipeline needs of the model: `EngineWorker` locally, `RemoteEngine` for vLLM."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def served_name(self) -> str: ...
-
-    @property
-    def scoring_mode(self) -> ScoringMode: ...
-
-    async def generate(
-        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
-    ) -> Generation: ...
-
-    async def score(
-        self,
-        messages: tuple[Message, ...] | list[Message],
-        answer: str,
-        documents: tuple[Document, ...] | list[Document] = (),
-        mode: ScoringMode | None = None,
-    ) -> ScoreResult: ...
 
 
 @dataclass(frozen=True)

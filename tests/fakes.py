@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 
-from gateway.engine.base import Document, Message, SamplingParams
 from gateway.errors import EscalationFailed
 from gateway.escalation import EscalationDelta, EscalationReply
+from gateway.types import Document, Message, SamplingParams
 
 POLICIES = {
     "granite": "name: granite\nreturn_at: 0.0\n",

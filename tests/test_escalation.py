@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
 from gateway.config import EscalationSettings, Settings
-from gateway.engine.base import Message, SamplingParams
 from gateway.engine.local import LocalEngine
 from gateway.errors import EscalationFailed
 from gateway.escalation import LiteLLMEscalator
+from gateway.types import Message, SamplingParams
 
 QUESTION = [Message("user", "What is the capital of Australia?")]
 

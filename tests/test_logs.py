@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from gateway import logs
 from gateway.api.app import create_app
 from gateway.config import Settings
-from gateway.engine.base import Document, Message, SamplingParams
 from gateway.engine.local import LocalEngine
 from gateway.escalation import EscalationReply
 from gateway.logs import JsonFormatter, Redactor, configure_logging, mask_also
+from gateway.types import Document, Message, SamplingParams
 from tests.fakes import FakeEscalator
 
 KEY = "sk-test-logs-0123456789"

@@ -6,19 +6,18 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from gateway import __version__
-from gateway.api.auth import KeyRing, reload_keys
+from gateway.api.auth import KeyRing
 from gateway.api.chat import ChatEndpoint, ChatFirst
 from gateway.api.dashboard import router as dashboard_router
 from gateway.api.errors import install_error_handlers
+from gateway.api.lifecycle import drain_on_sigterm, reload_on_sighup, stop_task
 from gateway.api.middleware import edge
 from gateway.api.openapi import openapi_document
 from gateway.api.routes import router
@@ -26,11 +25,11 @@ from gateway.api.state import GatewayState, StateCollector
 from gateway.api.throttle import FailedLogins
 from gateway.cache import build_cache, build_single_flight
 from gateway.config import Settings
-from gateway.engine.local import LocalEngine
-from gateway.engine.worker import EngineWorker
+from gateway.engine.base import BatchEngine
+from gateway.engine.factory import start_engine
 from gateway.escalation import Escalator, LiteLLMEscalator
 from gateway.metrics import Metrics
-from gateway.pipeline import AsyncEngine, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.policy import PolicyStore
 from gateway.ratelimit import build_rate_limiter
 from gateway.stats.build import start_stats
@@ -41,11 +40,13 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings,
     *,
-    engine: LocalEngine | None = None,
+    engine: BatchEngine | None = None,
     escalator: Escalator | None = None,
     watch_policies: bool = True,
 ) -> FastAPI:
-    """Build the gateway app. `engine` / `escalator` may be passed in (tests reuse one model)."""
+    """Build the gateway app (the lifespan builds and closes its components). `engine`: a local
+    model already loaded (`serve` loads it before binding the port; tests reuse one); otherwise
+    `start_engine` loads or reaches the one the settings name. `escalator` may be passed in."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,12 +54,12 @@ def create_app(
             state = await _build_state(settings, engine, escalator, stack)
             _guard(state, settings, stack)
             app.state.gateway = state
-            _drain_on_sigterm(app, state, settings.server.drain_s)
+            drain_on_sigterm(app, state, settings.server.drain_s)
             if watch_policies:
                 stop = asyncio.Event()
                 watcher = asyncio.create_task(state.policies.watch(stop))
-                stack.push_async_callback(_stop_task, watcher, stop)
-                _reload_on_sighup(state, settings)
+                stack.push_async_callback(stop_task, watcher, stop)
+                reload_on_sighup(state, settings)
             log.info(
                 "gateway ready",
                 extra={
@@ -137,58 +138,9 @@ def _guard(state: GatewayState, settings: Settings, stack: contextlib.AsyncExitS
         log.warning("no API keys configured: /v1 is open to anyone who can reach it")
 
 
-def _drain_on_sigterm(app: FastAPI, state: GatewayState, drain_s: float) -> None:
-    """SIGTERM: readiness fails at once; in-flight requests get `drain_s` to finish (new ones are
-    still served meanwhile); then the server is asked to stop: `app.state.stop_serving()` when
-    the `serve` command set it, else the server's own SIGTERM handler. A second SIGTERM stops at
-    once."""
-    if threading.current_thread() is not threading.main_thread():
-        return  # signals reach the main thread only (TestClient runs the app in another)
-    loop = asyncio.get_running_loop()
-    previous = signal.getsignal(signal.SIGTERM)
-    draining: set[asyncio.Task[None]] = set()
-
-    def stop() -> None:
-        stop_serving: Callable[[], None] | None = getattr(app.state, "stop_serving", None)
-        if stop_serving is not None:
-            stop_serving()
-        elif callable(previous):
-            previous(signal.SIGTERM, None)
-        else:
-            loop.remove_signal_handler(signal.SIGTERM)
-            signal.raise_signal(signal.SIGTERM)
-
-    def on_sigterm() -> None:
-        if state.draining:
-            stop()
-            return
-        state.begin_drain()
-        log.warning(
-            "SIGTERM: not ready any more, draining in-flight requests",
-            extra={"inflight": state.inflight, "drain_s": drain_s},
-        )
-        task = loop.create_task(_drain(state, drain_s, stop))
-        draining.add(task)
-        task.add_done_callback(draining.discard)
-
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-
-
-async def _drain(state: GatewayState, drain_s: float, stop: Callable[[], None]) -> None:
-    if await state.wait_idle(drain_s):
-        log.info("drained: no request in flight; stopping")
-    else:
-        log.warning(
-            "drain time is over; stopping with requests in flight",
-            extra={"inflight": state.inflight, "drain_s": drain_s},
-        )
-    stop()
-
-
 async def _build_state(
     settings: Settings,
-    engine: LocalEngine | None,
+    engine: BatchEngine | None,
     escalator: Escalator | None,
     stack: contextlib.AsyncExitStack,
 ) -> GatewayState:
@@ -196,33 +148,7 @@ async def _build_state(
     if escalator is None:
         escalator = LiteLLMEscalator(settings.escalation)
     policies = PolicyStore.open(settings.policies_dir, escalator.targets)
-    async_engine: AsyncEngine
-    depth_source: Any = None
-    engine_check = None
-    if settings.engine.kind == "vllm":  # the model runs in vLLM: only its tokenizer is loaded
-        from gateway.engine.remote import RemoteEngine
-
-        remote = await RemoteEngine.open(settings.engine, settings.model)
-        remote.display_name = settings.model.name
-        stack.push_async_callback(remote.close)
-        async_engine = remote
-        depth_source = remote
-        engine_check = remote.check
-    else:
-        if engine is None:
-            from gateway.engine.factory import engine_from_settings
-
-            engine = await asyncio.to_thread(engine_from_settings, settings.model, settings.engine)
-        worker = EngineWorker(
-            engine,
-            max_batch_size=settings.engine.max_batch_size,
-            batch_wait_ms=settings.engine.batch_wait_ms,
-            queue_size=settings.engine.queue_size,
-        )
-        worker.start()
-        stack.push_async_callback(worker.stop)
-        async_engine = worker
-        depth_source = worker
+    async_engine = await start_engine(settings, stack, local=engine)
     cache = build_cache(settings.cache)
     stack.push_async_callback(cache.close)
     stats = await start_stats(settings, policies, escalator, metrics, stack)
@@ -242,27 +168,7 @@ async def _build_state(
         policies=policies,
         cache=cache,
         metrics=metrics,
-        queue_depth_source=depth_source,
-        engine_check=engine_check,
+        queue_depth_source=async_engine,
+        engine_check=getattr(async_engine, "check", None),  # a model server's look at itself
         stats=stats,
     )
-
-
-async def _stop_task(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    stop.set()
-    try:
-        await asyncio.wait_for(task, timeout=2.0)
-    except (TimeoutError, asyncio.CancelledError):
-        task.cancel()
-
-
-def _reload_on_sighup(state: GatewayState, settings: Settings) -> None:
-    """SIGHUP re-reads the policies and the API key file."""
-
-    def reload() -> None:
-        state.policies.reload()
-        state.keys = reload_keys(state.keys, settings.auth)
-
-    # Fails off the main thread (TestClient runs the app in a thread) or without SIGHUP.
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)

@@ -43,9 +43,9 @@ from gateway.api.wire import (
     decision_headers,
 )
 from gateway.config import LimitSettings
-from gateway.engine.base import ChatRequest
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.pipeline import Completion, CompletionInput, Decided, Final, StreamEvent, TextDelta
+from gateway.types import ChatRequest
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.api.app import create_app
     from gateway.api.auth import KeyRing, read_keys
-    from gateway.engine.factory import engine_from_settings
+    from gateway.engine.factory import load_local_model
     from gateway.logs import configure_logging
     from gateway.policy import load_policies
 
@@ -55,12 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _with_address(settings, args.host, args.port)
     # Fail before binding the port, with one line: bad policies, then the model.
     load_policies(settings.policies_dir)
-    engine = (
-        engine_from_settings(settings.model, settings.engine)
-        if settings.engine.kind == "local"
-        else None
-    )
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, engine=load_local_model(settings))
     server = uvicorn.Server(uvicorn_config(app, settings))
 
     def stop_serving() -> None:

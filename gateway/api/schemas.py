@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from gateway.config import LimitSettings
-from gateway.engine.base import ChatRequest, Message, SamplingParams
 from gateway.engine.vllm_protocol import document_strings
 from gateway.errors import InvalidRequest, UnsupportedParameter
+from gateway.types import ChatRequest, Message, SamplingParams
 
 REDIRECTING_FIELDS = (
     "api_base",

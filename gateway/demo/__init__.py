@@ -116,8 +116,8 @@ def build_demo(home: Path) -> Path:
 
 def _tertiles(model_dir: Path) -> tuple[float, float]:
     """The miniature's expected confidence on the sample questions: its lower and upper thirds."""
-    from gateway.engine.base import ChatRequest, Message, SamplingParams
     from gateway.engine.local import LocalEngine, ModelSource
+    from gateway.types import ChatRequest, Message, SamplingParams
 
     engine = LocalEngine.load(
         ModelSource(base=str(model_dir / "base"), adapter=str(model_dir / "adapter")),

@@ -1,100 +1,23 @@
-"""What every engine takes and returns, and the protocol the pipeline calls."""
+"""The engine protocols: what the pipeline needs of a model, and what the worker needs of one.
+
+`AsyncEngine` is the pipeline's view: `EngineWorker` (the local model behind its thread) and
+`RemoteEngine` (vLLM) satisfy it. `BatchEngine` is the worker's view of a local model, called on
+the worker's own thread only: prompts as token ids, one pass for many certainty scores, and a
+decoding loop that takes rows and asks for more between steps (`LocalEngine` satisfies it).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from gateway.certainty import ScoreResult, ScoringMode
-
-FinishReason = Literal["stop", "length"]
-Role = Literal["system", "user", "assistant"]
-
-
-@dataclass(frozen=True)
-class Message:
-    role: Role
-    content: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+from gateway.engine.rows import DecodeRow
+from gateway.types import ChatRequest, Document, Generation, Message
 
 
-Document = Mapping[str, Any]
-
-
-GREEDY_BELOW = 1e-5
-"""Temperatures below this decode greedily."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Generation settings; temperature 0 is greedy decoding."""
-
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every field, as plain JSON values (what `dataclasses.asdict` gives, at a tenth of
-        the cost: it is on every request's cache key)."""
-        return {
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": list(self.stop),
-            "seed": self.seed,
-        }
-
-    def openai_kwargs(self) -> dict[str, Any]:
-        """The settings as OpenAI Chat Completions arguments (`stop` and `seed` only when set)."""
-        kwargs: dict[str, Any] = {
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-        }
-        if self.stop:
-            kwargs["stop"] = list(self.stop)
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
-        return kwargs
-
-    @property
-    def greedy(self) -> bool:
-        # Below this, logits divided by the temperature overflow to inf (then NaN probabilities);
-        # sampling that cold picks the most likely token anyway.
-        return self.temperature < GREEDY_BELOW
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One conversation to answer: messages, RAG documents and sampling settings."""
-
-    messages: tuple[Message, ...]
-    documents: tuple[Document, ...] = ()
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-
-    def message_dicts(self) -> list[dict[str, str]]:
-        return [m.as_dict() for m in self.messages]
-
-
-TextCallback = Callable[[str], None]
-"""Receives each new piece of generated text, in order, from the engine's thread."""
-
-
-class Engine(Protocol):
-    """A local or remote model that answers a conversation and rates an answer."""
+class AsyncEngine(Protocol):
+    """What the pipeline needs of the model."""
 
     @property
     def model_id(self) -> str:
@@ -102,16 +25,58 @@ class Engine(Protocol):
         ...
 
     @property
+    def served_name(self) -> str:
+        """What `served_by` reports for a local answer."""
+        ...
+
+    @property
     def scoring_mode(self) -> ScoringMode: ...
 
-    def count_prompt_tokens(self, request: ChatRequest) -> int: ...
+    async def generate(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> Generation: ...
 
-    def generate(self, request: ChatRequest, on_text: TextCallback | None = None) -> Generation: ...
-
-    def score(
+    async def score(
         self,
         messages: Sequence[Message],
         answer: str,
         documents: Sequence[Document] = (),
         mode: ScoringMode | None = None,
     ) -> ScoreResult: ...
+
+
+class BatchEngine(Protocol):
+    """What `EngineWorker` needs of a local model; every call runs on the worker's thread."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def served_name(self) -> str: ...
+
+    @property
+    def scoring_mode(self) -> ScoringMode: ...
+
+    def answer_prompt(self, request: ChatRequest) -> list[int]:
+        """The answer's prompt as token ids; `ContextLengthExceeded` when it cannot fit."""
+        ...
+
+    def certainty_prompt(
+        self, messages: Sequence[Message], answer: str, documents: Sequence[Document] = ()
+    ) -> list[int]:
+        """The adapter's prompt (without the reply prefix) as token ids."""
+        ...
+
+    def score_logits(self, prompts: Sequence[list[int]]) -> list[ScoreResult]:
+        """One-pass certainties of many prompts."""
+        ...
+
+    def decode(
+        self,
+        rows: list[DecodeRow],
+        *,
+        admit: Callable[[int], list[DecodeRow]] | None = None,
+        max_rows: int | None = None,
+    ) -> list[Generation]:
+        """Decode rows to completion; `admit(free)` is asked between steps for rows to join."""
+        ...

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from gateway.engine.base import Generation
 from gateway.engine.rows import DecodeRow, RowStepper, length_groups
+from gateway.types import Generation
 
 ADAPTER_NAME = "uncertainty"
 BASE_ROWS = "__base__"  # PEFT's name for "no adapter" in a mixed batch

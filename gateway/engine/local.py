@@ -34,7 +34,11 @@ from gateway.certainty import (
     certainty_messages,
     parse_reply,
 )
-from gateway.engine.base import (
+from gateway.engine.eager import ADAPTER_NAME, EagerDecoder
+from gateway.engine.prompts import render_prompt
+from gateway.engine.rows import DecodeRow, RowStepper, length_groups
+from gateway.errors import ContextLengthExceeded, ModelLoadError
+from gateway.types import (
     ChatRequest,
     Document,
     Generation,
@@ -42,10 +46,6 @@ from gateway.engine.base import (
     SamplingParams,
     TextCallback,
 )
-from gateway.engine.eager import ADAPTER_NAME, EagerDecoder
-from gateway.engine.prompts import render_prompt
-from gateway.engine.rows import DecodeRow, RowStepper, length_groups
-from gateway.errors import ContextLengthExceeded, ModelLoadError
 
 if TYPE_CHECKING:
     from gateway.engine.static import StaticDecoder

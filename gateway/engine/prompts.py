@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway.engine.base import Document
+from gateway.types import Document
 
 
 class ControlStrings:

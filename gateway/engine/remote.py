@@ -51,7 +51,6 @@ from gateway.certainty import (
     parse_reply,
 )
 from gateway.config import EngineSettings, ModelSettings
-from gateway.engine.base import ChatRequest, Document, FinishReason, Generation, Message
 from gateway.engine.prompts import ControlStrings, render_prompt
 from gateway.engine.vllm_protocol import (
     DIGIT_IDS_FIELD,
@@ -74,6 +73,7 @@ from gateway.errors import (
     ModelLoadError,
     Overloaded,
 )
+from gateway.types import ChatRequest, Document, FinishReason, Generation, Message
 
 __all__ = ["RemoteEngine", "RemoteEngineFailed", "openai_base_url"]
 
@@ -285,7 +285,6 @@ class RemoteEngine:
         self, request: ChatRequest, on_text: Callable[[str], None] | None = None
     ) -> Generation:
         """The base model's answer; `on_text` gets each piece as vLLM streams it."""
-        sampling = request.sampling
         # vLLM tokenizes chat messages with control tokens live: it gets them without any
         # control-token string, as `render` would render them (`gateway.engine.prompts`).
         plain = ControlStrings.of(self.tokenizer)
@@ -295,14 +294,8 @@ class RemoteEngine:
         body: dict[str, Any] = {
             "model": self.base_model,
             "messages": messages,
-            "max_tokens": sampling.max_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
+            **request.sampling.openai_kwargs(),
         }
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
         if documents:
             body["documents"] = [document_strings(d) for d in documents]
         if on_text is None:

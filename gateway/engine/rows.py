@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gateway.engine.base import FinishReason, Generation, SamplingParams, TextCallback
+from gateway.types import FinishReason, Generation, SamplingParams, TextCallback
 
 
 @dataclass

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from gateway.engine import granite
-from gateway.engine.base import Generation
 from gateway.engine.granite import GraniteWeights, StaticKV
 from gateway.engine.rows import DecodeRow, RowStepper, length_groups
 from gateway.errors import ModelLoadError
+from gateway.types import Generation
 
 log = logging.getLogger(__name__)
 

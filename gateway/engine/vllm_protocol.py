@@ -21,8 +21,8 @@ from gateway.certainty import (
     certainty_from_top_logprobs,
     digit_confidence,
 )
-from gateway.engine.base import Document
 from gateway.errors import ModelLoadError, ServiceError
+from gateway.types import Document
 
 TOP_LOGPROBS = 10
 """`logprobs` of the certainty call. vLLM wants it set whenever `logprob_token_ids` is, and it

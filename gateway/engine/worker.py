@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.certainty import MAX_REPLY_TOKENS, ScoreResult, ScoringMode, parse_reply
-from gateway.engine.base import ChatRequest, Document, Generation, Message, SamplingParams
-from gateway.engine.local import DecodeRow, LocalEngine
+from gateway.engine.base import BatchEngine
+from gateway.engine.rows import DecodeRow
 from gateway.errors import EngineFailure, GatewayError, NotReady, Overloaded
+from gateway.types import ChatRequest, Document, Generation, Message, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,11 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 
 class EngineWorker:
-    """Async front of a `LocalEngine`: a bounded queue and one batching thread."""
+    """Async front of a `BatchEngine` (`LocalEngine`): a bounded queue and one batching thread."""
 
     def __init__(
         self,
-        engine: LocalEngine,
+        engine: BatchEngine,
         *,
         max_batch_size: int = 8,
         batch_wait_ms: float = 5.0,

@@ -141,11 +141,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_model(args: argparse.Namespace, out_dir: Path, kind: Any) -> tuple[Any, str, list[str]]:
-    from gateway.engine.base import SamplingParams
     from gateway.engine.factory import load_local_engine
     from gateway.evaluate.dataset import read_dataset, sample_path
     from gateway.evaluate.runner import run_dataset, score_records
     from gateway.evaluate.scores import ScoredItems, write_scores
+    from gateway.types import SamplingParams
 
     if args.batch_size < 1 or args.max_tokens < 1:
         raise InvalidRequest("--batch-size and --max-tokens must be at least 1")

@@ -19,9 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.engine.base import Document, Message
 from gateway.evaluate.judge import LETTERS, GoldAnswer, Judge, MultipleChoice
 from gateway.evaluate.lines import Line, read_lines
+from gateway.types import Document, Message
 
 ROLES = ("system", "user", "assistant")
 

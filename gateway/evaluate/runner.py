@@ -21,12 +21,12 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from gateway.certainty import Certainty, ScoreResult, ScoringMode
-from gateway.engine.base import ChatRequest, Document, Generation, Message, SamplingParams
 from gateway.engine.local import DecodeRow
 from gateway.errors import InvalidRequest
 from gateway.evaluate.dataset import EvalItem
 from gateway.evaluate.policy_file import ConfidenceKind
 from gateway.evaluate.scores import ScoreRecord
+from gateway.types import ChatRequest, Document, Generation, Message, SamplingParams
 
 RESULTS = "results.jsonl"
 MANIFEST = "run.json"

@@ -24,13 +24,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.config import StatsSettings
-from gateway.engine.base import Message, SamplingParams
 from gateway.escalation import Escalator
 from gateway.evaluate.judge import normalize
 from gateway.metrics import Metrics
 from gateway.policy import PolicyStore
 from gateway.stats.cells import CONFIDENCE_BINS, confidence_bin
 from gateway.stats.recorder import StatsRecorder
+from gateway.types import Message, SamplingParams
 
 if TYPE_CHECKING:
     from gateway.pipeline import Completion, CompletionInput

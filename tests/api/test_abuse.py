@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from gateway.api.chat import RecentBodies
 from gateway.api.schemas import ChatCompletionBody
 from gateway.api.throttle import FailedLogins
-from gateway.engine.base import ChatRequest, Message
+from gateway.types import ChatRequest, Message
 
 KEY = "sk-test-alpha-0123456789"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

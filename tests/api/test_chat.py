@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from gateway.api.chat import RecentBodies
 from gateway.api.schemas import ChatCompletionBody
-from gateway.engine.base import ChatRequest, Message
+from gateway.types import ChatRequest, Message
 from tests.fakes import FakeEscalator
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

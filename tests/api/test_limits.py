@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.api.middleware import BodyLimitMiddleware
 from gateway.config import CacheSettings, LimitSettings, Settings
-from gateway.engine.base import Generation
 from gateway.engine.local import DecodeRow, LocalEngine
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, build_rate_limiter
+from gateway.types import Generation
 from tests.fakes import FakeEscalator
 from tests.servers import RedisServer, free_port
 from tests.waiting import wait_until

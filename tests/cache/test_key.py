@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.cache.key import cache_key, is_cacheable, policy_of
-from gateway.engine.base import SamplingParams
+from gateway.types import SamplingParams
 
 
 def _inputs(**changes: Any) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gateway.engine.base import ChatRequest, Message, SamplingParams
 from gateway.engine.local import (
     ADAPTER_NAME,
     LocalEngine,
@@ -22,6 +21,7 @@ from gateway.engine.local import (
     base_load_plan,
     checkpoint_dtype,
 )
+from gateway.types import ChatRequest, Message, SamplingParams
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda:0")

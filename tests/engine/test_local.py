@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from gateway.certainty import REPLY_PREFIX, Certainty, digit_confidence
-from gateway.engine.base import ChatRequest, Message, SamplingParams
 from gateway.engine.local import DecodeRow, LocalEngine, ModelSource
 from gateway.engine.tiny import ADAPTER_SUBFOLDER
 from gateway.errors import ContextLengthExceeded
+from gateway.types import ChatRequest, Message, SamplingParams
 
 DEFAULT_SYSTEM = (
     "You are a helpful assistant. Please ensure responses are professional, accurate, and safe."

@@ -14,11 +14,11 @@ import pytest
 
 from gateway.certainty import Certainty
 from gateway.config import EngineSettings, ModelSettings
-from gateway.engine.base import ChatRequest, Message, SamplingParams
 from gateway.engine.local import LocalEngine
 from gateway.engine.prompts import ControlStrings
 from gateway.engine.remote import RemoteEngine
 from gateway.engine.worker import EngineWorker
+from gateway.types import ChatRequest, Message, SamplingParams
 from tests.engine.vllm_stub import BASE_MODEL, VLLMStub
 
 END, START, ROLE_END = "<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>"

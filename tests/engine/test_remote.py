@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.certainty import Certainty, Unscored
 from gateway.config import EngineSettings, ModelSettings, Settings
-from gateway.engine.base import ChatRequest, Message, SamplingParams
 from gateway.engine.local import LocalEngine
 from gateway.engine.remote import RemoteEngine, RemoteEngineFailed, openai_base_url
 from gateway.engine.vllm_protocol import (
@@ -26,6 +25,7 @@ from gateway.engine.vllm_protocol import (
     document_strings,
 )
 from gateway.errors import ContextLengthExceeded
+from gateway.types import ChatRequest, Message, SamplingParams
 from tests.engine.vllm_stub import ADAPTER_MODEL, BASE_MODEL, VLLMStub
 from tests.fakes import FakeEscalator
 from tests.servers import free_port

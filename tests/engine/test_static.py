@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gateway.engine.base import ChatRequest, Message, SamplingParams
 from gateway.engine.granite import GraniteWeights, StaticKV, Unsupported
 from gateway.engine.local import DecodeRow, LocalEngine
 from gateway.engine.static import StaticDecoder, batch_buckets, context_buckets
 from gateway.errors import ContextLengthExceeded
+from gateway.types import ChatRequest, Message, SamplingParams
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.certainty import Certainty, ScoreResult
-from gateway.engine.base import ChatRequest, Generation, Message, SamplingParams
 from gateway.engine.local import DecodeRow, LocalEngine, length_groups
 from gateway.engine.worker import EngineWorker
 from gateway.errors import ContextLengthExceeded, EngineFailure, NotReady, Overloaded
+from gateway.types import ChatRequest, Generation, Message, SamplingParams
 
 T = TypeVar("T")
 

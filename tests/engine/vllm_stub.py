@@ -58,8 +58,8 @@ from typing import Any, Literal
 
 import torch
 
-from gateway.engine.base import SamplingParams
 from gateway.engine.local import DecodeRow, LocalEngine, ModelSource
+from gateway.types import SamplingParams
 
 BASE_MODEL = "granite-micro-base"
 ADAPTER_MODEL = "uncertainty"

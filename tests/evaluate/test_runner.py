@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.engine.base import SamplingParams
 from gateway.engine.local import LocalEngine
 from gateway.errors import InvalidRequest
 from gateway.evaluate.dataset import read_dataset
 from gateway.evaluate.runner import RESULTS, run_dataset
+from gateway.types import SamplingParams
 
 SAMPLING = SamplingParams(max_tokens=6, temperature=0.0)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from gateway.config import StatsSettings
-from gateway.engine.base import ChatRequest, Document, Message, SamplingParams
 from gateway.errors import EscalationFailed
 from gateway.escalation import EscalationDelta, EscalationReply
 from gateway.metrics import Metrics
@@ -22,6 +21,7 @@ from gateway.stats.audit import CalibrationAudit, parse_verdict
 from gateway.stats.prices import Prices
 from gateway.stats.recorder import StatsRecorder, current_input
 from gateway.stats.summary import summarize
+from gateway.types import ChatRequest, Document, Message, SamplingParams
 from tests.stats.test_recorder import completion
 
 QUESTION = "Which river flows through the audit test?"

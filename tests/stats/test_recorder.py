@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from gateway.certainty import Certainty
-from gateway.engine.base import ChatRequest, Message
 from gateway.pipeline import Completion, CompletionInput, Usage
 from gateway.policy import Action, PolicyStore
 from gateway.stats.cells import Cell, flatten, latency_bin, latency_bin_seconds, unflatten
 from gateway.stats.prices import Prices
 from gateway.stats.recorder import StatsRecorder, current_input
 from gateway.stats.summary import summarize
+from gateway.types import ChatRequest, Message
 
 MODEL_LIST = [
     {"model_name": "large", "litellm_params": {"model": "openai/gpt-4o", "api_key": "x"}},

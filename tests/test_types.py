@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.engine.base import SamplingParams
+from gateway.types import SamplingParams
 
 
 def test_openai_arguments_carry_stop_and_seed_only_when_set() -> None:
