@@ -43,7 +43,7 @@ async def list_models(request: Request, state: State) -> dict[str, Any]:
     }
 
 
-@api.get("/v1/models/{model_id}")
+@api.get("/v1/models/{model_id}", responses=error_responses(404))
 async def retrieve_model(model_id: str, request: Request, state: State) -> dict[str, Any]:
     """One policy (the SDK's `models.retrieve`); 404 for one the caller cannot see."""
     allowed = allowed_policies(request.scope)
