@@ -110,8 +110,7 @@ def main() -> None:
                     assert response.status_code == 200, response.text
                     assert response.headers["x-gateway-cache"] == "miss"
             verdicts = {
-                name: client.get(url + "/metrics").text.count('verdict="')
-                for name, url in urls.items()
+                name: audited(client.get(url + "/metrics").text) for name, url in urls.items()
             }
     print(
         f"client latency with the calibration audit, {args.requests} cache-miss requests per "
