@@ -109,7 +109,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(
 
         process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while (ready := httpx.get(url + "/health/ready", timeout=5)).status_code != 503:
+        details = {"Authorization": f"Bearer {KEY}"}  # without a key: only the status
+        while (ready := httpx.get(url + "/health/ready", headers=details)).status_code != 503:
             assert time.monotonic() < deadline, "readiness did not turn 503"
             time.sleep(0.02)
         assert ready.json()["draining"] is True
