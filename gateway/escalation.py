@@ -169,7 +169,7 @@ class LiteLLMEscalator:
             yield
         except TimeoutError as exc:
             if not deadline:
-                raise EscalationFailed(f"escalation to {target!r} timed out") from exc
+                raise EscalationFailed(f"escalation to {target!r} timed out mid-answer") from exc
             raise EscalationFailed(
                 f"escalation to {target!r} timed out after {self._settings.timeout_s:g} s"
             ) from exc
