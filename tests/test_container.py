@@ -179,6 +179,18 @@ def test_compose_mounts_a_config_that_exists(compose: dict[str, Any]) -> None:
         assert key.removeprefix("os.environ/") in environment
 
 
+def test_the_vllm_compose_file_mounts_a_config_that_exists() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.vllm.yml").read_text())
+    (mount,) = [
+        v for v in compose["services"]["gateway"]["volumes"] if "/etc/certainty-gateway/" in v
+    ]
+    source = re.fullmatch(r"\$\{GATEWAY_CONFIG_FILE:-(.+)\}", mount.split(":/etc/")[0])
+    assert source is not None
+    assert (ROOT / "deploy" / source.group(1)).resolve().is_file()  # relative to the file
+    config = yaml.safe_load((ROOT / "deploy" / source.group(1)).read_text())
+    assert config["engine"]["kind"] == "vllm"
+
+
 def test_the_image_holds_the_files_the_compose_config_names() -> None:
     copied = " ".join(args for kw, args in stages()[-1] if kw == "COPY")
     assert "policies" in copied
