@@ -13,10 +13,10 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from gateway import __version__
-from gateway.api.auth import KeyRing
 from gateway.api.chat import ChatEndpoint, ChatFirst
 from gateway.api.dashboard import router as dashboard_router
 from gateway.api.errors import install_error_handlers
+from gateway.api.keys import KeyRing
 from gateway.api.lifecycle import drain_on_sigterm, reload_on_sighup, stop_task
 from gateway.api.middleware import edge
 from gateway.api.openapi import openapi_document

@@ -25,7 +25,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.auth import admit, authorize_policy, require_api_key
+from gateway.api.admission import authenticate_and_rate_limit, authorize_policy, request_context
+from gateway.api.dependencies import require_api_key
 from gateway.api.errors import (
     error_responses,
     failed_response,
@@ -100,24 +101,24 @@ class ChatEndpoint:
 
     async def complete(self, state: GatewayState, scope: Scope, raw: bytes) -> ASGIApp:
         """Answer a chat conversation; `model` names the policy."""
-        await admit(state, scope)
-        scope_state: dict[str, Any] = scope["state"]
-        tenant = scope_state.get("tenant")
+        await authenticate_and_rate_limit(state, scope)
+        context = request_context(scope)
+        tenant = context.tenant
         parsed = self.recent.get(tenant, raw)
         if parsed is None:
             try:
                 body = ChatCompletionBody.model_validate_json(raw)
             except pydantic.ValidationError as exc:
                 return validation_error_response(exc.errors(include_url=False))
-            scope_state["policy"] = body.model  # for the request metrics, once the body is valid
+            context.policy = body.model  # for the request metrics, once the body is valid
             authorize_policy(scope, body.model)
             chat = self._convert(body)
             self.recent.put(tenant, raw, (body, chat))
         else:
             body, chat = parsed
-            scope_state["policy"] = body.model
+            context.policy = body.model
             authorize_policy(scope, body.model)
-        inp = CompletionInput(policy=body.model, request=chat, tenant=scope_state.get("tenant"))
+        inp = CompletionInput(policy=body.model, request=chat, tenant=tenant)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await _stream(state, inp, include_usage)

@@ -17,7 +17,7 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     import uvicorn
 
-    from gateway.api.auth import KeyRing
+    from gateway.api.keys import KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
-    from gateway.api.auth import KeyRing, read_keys
+    from gateway.api.keys import KeyRing, read_keys
     from gateway.engine.factory import load_local_model
     from gateway.logs import configure_logging
     from gateway.policy import load_policies

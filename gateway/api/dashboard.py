@@ -21,7 +21,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from gateway.api.routes import State
+from gateway.api.dependencies import State
 from gateway.api.state import GatewayState
 from gateway.errors import AuthenticationFailed, ClientError, PermissionDenied
 from gateway.stats.recorder import StatsRecorder, Window

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from gateway.api.auth import reload_keys
+from gateway.api.keys import reload_keys
 from gateway.api.state import GatewayState
 from gateway.config import Settings
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import logs
+from gateway.api.admission import request_context
 from gateway.api.chat import CHAT_PATH
 from gateway.api.errors import error_response
 from gateway.errors import ClientError, InvalidRequest, PayloadTooLarge
@@ -113,25 +114,24 @@ class RequestContextMiddleware:
 
     @staticmethod
     def _record(scope: Scope, state: GatewayState | None, status: int, seconds: float) -> None:
-        request_state: dict[str, Any] = scope.get("state") or {}
+        context = request_context(scope)
         fields: dict[str, Any] = {
             "method": scope["method"],
             "path": scope["path"],
             "status": status,
             "duration_ms": round(seconds * 1000, 1),
         }
-        tenant = request_state.get("tenant")
-        if tenant is not None:
-            fields["key_id"] = tenant
+        if context.tenant is not None:
+            fields["key_id"] = context.tenant
         if scope["path"] == CHAT_PATH and scope["method"] == "POST":
-            policy = request_state.get("policy")
+            policy = context.policy
             if policy is not None and state is not None:
                 policy = policy if policy in state.policies.current.policies else "unknown"
             fields["policy"] = policy or "none"
             if state is not None:
                 state.metrics.requests_of(fields["policy"], str(status)).inc()
         # Probes, scrapes and refused authentications (logged in summary by the throttle).
-        quiet = scope["path"].startswith(_OPS_PREFIXES) or request_state.get("quiet_log")
+        quiet = scope["path"].startswith(_OPS_PREFIXES) or context.quiet_log
         log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)
 
 

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from gateway.api.auth import allowed_policies, authenticate, require_api_key
+from gateway.api.admission import allowed_policies, authenticate
+from gateway.api.dependencies import State, require_api_key
 from gateway.api.errors import error_responses
 from gateway.api.state import GatewayState
 from gateway.errors import AuthenticationFailed, ModelNotFound, RateLimited
 
 router = APIRouter()
 """Every route here; the `/v1` ones (`api`, included at the end) behind the key and rate limit."""
-
-
-async def get_state(request: Request) -> GatewayState:
-    # async: a sync dependency would cost a thread-pool hop on every request
-    state: GatewayState = request.app.state.gateway
-    return state
-
-
-State = Annotated[GatewayState, Depends(get_state)]
 
 
 api = APIRouter(dependencies=[Depends(require_api_key)], responses=error_responses(401, 403, 429))

@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.api.auth import KeyRing
+from gateway.api.keys import KeyRing
 from gateway.api.throttle import FailedLogins
 from gateway.cache.base import DecisionCache
 from gateway.config import Settings

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api.auth import KeyRing, key_id, read_key_file
+from gateway.api.keys import KeyRing, key_id, read_key_file
 from gateway.config import AuthSettings
 from gateway.errors import AuthenticationFailed, ConfigError
 from tests.fakes import FakeEscalator

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
-from gateway.api.auth import key_id
+from gateway.api.keys import key_id
 from gateway.config import AuthSettings, Settings
 from gateway.engine.local import LocalEngine
 from tests.api.conftest import FakeEscalator

@@ -25,29 +25,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-from fastapi import Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.types import Scope
 
 from gateway.config import AuthSettings
-from gateway.errors import (
-    AuthenticationFailed,
-    ConfigError,
-    PermissionDenied,
-    RateLimited,
-    TooManyFailedAuthentications,
-)
+from gateway.errors import AuthenticationFailed, ConfigError, PermissionDenied
 from gateway.logs import mask_also
-
-if TYPE_CHECKING:
-    from gateway.api.state import GatewayState
 
 log = logging.getLogger(__name__)
 
@@ -245,78 +230,3 @@ def reload_keys(current: KeyRing, auth: AuthSettings) -> KeyRing:
     mask_also(entry.key for entry in entries)  # new keys are never logged either
     log.info("API keys reloaded", extra={"keys": len(ring), "key_ids": ring.ids})
     return ring
-
-
-# --------------------------------------------------------------------- admission of a request
-
-
-async def admit(state: GatewayState, scope: Scope) -> None:
-    """The API key (401 unless a configured one is presented, when any is configured), then the
-    key's rate limit (429). The request's `state` gets `tenant` (the key's id) and `api_key`."""
-    scope_state: dict[str, Any] = scope.setdefault("state", {})
-    if state.keys.enabled:
-        presented = [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
-        key = authenticate(state, scope, presented)
-        scope_state["tenant"] = key.id
-        scope_state["api_key"] = key
-    limiter = state.rate_limiter
-    if limiter is None:
-        return
-    wait = await limiter.acquire(scope_state.get("tenant") or "anonymous")
-    if wait > 0:
-        raise RateLimited(
-            f"rate limit reached: {state.settings.limits.requests_per_minute} requests per minute "
-            f"for this API key; retry in {wait:.1f} s",
-            retry_after=math.ceil(wait),
-        )
-
-
-def authenticate(state: GatewayState, scope: Scope, presented: Sequence[str]) -> ApiKey:
-    """The presented key, unless the client's address is throttled for its failures (429,
-    `gateway.api.throttle`) or the key is wrong (401, counted). Either is left out of the access
-    log (`quiet_log`): the throttle logs failures in summary."""
-    scope_state: dict[str, Any] = scope.setdefault("state", {})
-    logins = state.failed_logins
-    client = scope.get("client")
-    address = str(client[0]) if client else "unknown"
-    wait = logins.wait(address)
-    if wait > 0:
-        scope_state["quiet_log"] = True
-        raise TooManyFailedAuthentications(
-            f"too many failed authentications from this address; retry in {math.ceil(wait)} s",
-            retry_after=math.ceil(wait),
-        )
-    try:
-        return state.keys.authenticate(presented)
-    except AuthenticationFailed as exc:
-        scope_state["quiet_log"] = True
-        logins.failed(address, exc.message)
-        raise
-
-
-def allowed_policies(scope: Scope) -> frozenset[str] | None:
-    """The policies the request's API key may use; None for all (or when keys are off)."""
-    key: ApiKey | None = scope.get("state", {}).get("api_key")
-    return None if key is None else key.policies
-
-
-def authorize_policy(scope: Scope, policy: str) -> None:
-    """403 unless the request's API key (as `admit` found it) may use `policy`."""
-    key: ApiKey | None = scope.get("state", {}).get("api_key")
-    if key is not None:
-        key.authorize_policy(policy)
-
-
-bearer = HTTPBearer(
-    auto_error=False,
-    description="An API key of this gateway, when it has any (`auth.api_keys`).",
-)
-"""Declares the scheme in the OpenAPI document; the header is checked by `admit`."""
-
-
-async def require_api_key(
-    request: Request,
-    _documented: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-) -> None:
-    """`admit` as a FastAPI dependency (the `/v1` routes other than chat completions)."""
-    await admit(request.app.state.gateway, request.scope)
