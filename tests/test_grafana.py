@@ -50,3 +50,18 @@ def test_prometheus_scrapes_the_gateway_metrics_path() -> None:
     job = config["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == ["gateway:8000"]
+
+
+def test_the_monitoring_profile_starts_prometheus_and_grafana_with_files_that_exist() -> None:
+    root = DEPLOY.parent
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]  # not started by a plain `up`
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            assert (root / source).exists(), source
+    assert "profiles" not in services["gateway"]
+    scraped = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    targets = scraped["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == ["gateway:8000"]  # the compose service's name and port

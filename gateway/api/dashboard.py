@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from gateway.api.dependencies import State
+from gateway.api.errors import error_responses
 from gateway.api.state import GatewayState
 from gateway.errors import AuthenticationFailed, ClientError, PermissionDenied
 from gateway.stats.recorder import StatsRecorder, Window
@@ -86,7 +87,9 @@ class StatsDocument(BaseModel):
     policies: list[PolicyStats]
 
 
-@router.get("/v1/gateway/stats", response_model=StatsDocument)
+@router.get(
+    "/v1/gateway/stats", response_model=StatsDocument, responses=error_responses(400, 401, 403)
+)
 async def gateway_stats(
     request: Request, state: State, window: WindowQuery = "5m", tenant: TenantQuery = None
 ) -> dict[str, Any]:
