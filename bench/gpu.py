@@ -95,7 +95,7 @@ def child_decoder(model_dir: Path, args: argparse.Namespace, decoder: str) -> di
     import torch
 
     return {
-        **parity(engine),
+        **parity(engine, args.prompt_tokens),
         "device": torch.cuda.get_device_name() if engine.device.type == "cuda" else "cpu",
         "decoder": type(engine.decoder).__name__,
         "graphs": graphs,
@@ -109,7 +109,7 @@ def child_decoder(model_dir: Path, args: argparse.Namespace, decoder: str) -> di
     }
 
 
-def parity(engine: Any) -> dict[str, Any]:
+def parity(engine: Any, prompt_tokens: int) -> dict[str, Any]:
     """What the report compares between the two decoders: the greedy tokens of four mixed
     rows (adapter off and on), and the digit distributions of two certainty prompts."""
     from gateway.engine.local import DecodeRow
@@ -124,7 +124,7 @@ def parity(engine: Any) -> dict[str, Any]:
         for i in range(4)
     ]
     engine.decode(rows)
-    prompts = [certainty_prompt(engine, tokens) for tokens in (64, 320)]
+    prompts = [certainty_prompt(engine, tokens) for tokens in (32, prompt_tokens)]
     return {
         "parity_tokens": [row.generated for row in rows],
         "parity_dist": engine.digit_distributions(prompts),
@@ -290,7 +290,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> list
     seed_mib = memory.get("seed", {}).get("peak_mib")
     lines += [
         "",
-        "peak memory, MiB (cuda: torch.cuda.max_memory_allocated; cpu: peak RSS, and PSS)",
+        "peak memory, MiB (cuda: torch.cuda.max_memory_allocated; cpu: peak RSS, and the PSS "
+        "at the end, which counts the checkpoint's shared file pages once)",
         f"  one engine (base + adapter, one copy, static cache): {cell(engine_mib, 1, 0)}"
         f"   pss {cell(memory.get('engine', {}).get('pss_mib'), 1, 0)}",
         f"  seed quick start (the base twice):                   {cell(seed_mib, 1, 0)}"
