@@ -47,7 +47,7 @@ from gateway.certainty import (
     parse_reply,
 )
 from gateway.config import EngineSettings, ModelSettings
-from gateway.engine.prompts import ControlStrings, render_prompt
+from gateway.engine.prompts import ControlStrings, digit_token_ids, render_prompt
 from gateway.engine.vllm_http import API_KEY_HINT, VllmTransport, openai_base_url, why
 from gateway.engine.vllm_protocol import (
     DIGIT_IDS_FIELD,
@@ -55,7 +55,6 @@ from gateway.engine.vllm_protocol import (
     FieldRefused,
     RemoteEngineFailed,
     completion_top_logprobs,
-    digit_token_ids,
     document_strings,
     first_choice,
     top_digits_certainty,
