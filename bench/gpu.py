@@ -139,7 +139,7 @@ def child_seed_generate(model_dir: Path, args: argparse.Namespace) -> dict[str, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gateway.certainty import certainty_messages
-    from gateway.engine.local import resolve_device, resolve_dtype
+    from gateway.engine.loading import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

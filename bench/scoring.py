@@ -248,7 +248,7 @@ def engine_facts(engine: Any) -> dict[str, Any]:
     """What the report's header says of the engine: torch threads, dtype, CPU bf16 support."""
     import torch
 
-    from gateway.engine.local import cpu_supports_bf16
+    from gateway.engine.loading import cpu_supports_bf16
 
     return {
         "threads": torch.get_num_threads(),
@@ -285,7 +285,7 @@ def child_seed(model_dir: Path, dtype_name: str, prompt_tokens: int) -> dict[str
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gateway.certainty import REPLY_PREFIX, certainty_messages
-    from gateway.engine.local import resolve_dtype
+    from gateway.engine.loading import resolve_dtype
 
     dtype = resolve_dtype(dtype_name, torch.device("cpu"))  # type: ignore[arg-type]
     base = AutoModelForCausalLM.from_pretrained(str(model_dir / "base"), dtype=dtype)

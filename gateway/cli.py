@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.model_options import add_model_options, load_engine
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -30,7 +31,6 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from gateway.engine.factory import load_local_engine
     from gateway.types import Message
 
     if not args.answer.strip():
@@ -38,12 +38,7 @@ def _score(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise InvalidRequest("the question is empty", param="question")
     documents = _read_documents(Path(args.documents)) if args.documents else []
-    engine = load_local_engine(
-        config=Path(args.config) if args.config else None,
-        base=args.base,
-        adapter=args.adapter,
-        adapter_subfolder=args.adapter_subfolder,
-    )
+    engine = load_engine(args)
     result = engine.score(
         [Message(role="user", content=args.question)], args.answer, documents, mode=args.mode
     )
@@ -97,11 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="rate one answer to one question; prints JSON")
     score.add_argument("--question", required=True, help="the user's question")
     score.add_argument("--answer", required=True, help="the answer to rate")
-    source = score.add_argument_group("model (a config file, or --base and --adapter)")
-    source.add_argument("--config", help="a gateway config file")
-    source.add_argument("--base", help="base model: hub id or local folder")
-    source.add_argument("--adapter", help="uncertainty adapter: hub id or local folder")
-    source.add_argument("--adapter-subfolder", default=None, help="the adapter's subfolder")
+    add_model_options(score)
     score.add_argument(
         "--mode",
         choices=["logits", "generate"],

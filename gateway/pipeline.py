@@ -13,8 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from gateway.cache.base import DecisionCache
 from gateway.cache.key import cache_key, is_cacheable
@@ -35,6 +34,7 @@ from gateway.errors import EscalationFailed, ModelNotFound
 from gateway.escalation import EscalationReply, Escalator
 from gateway.metrics import Metrics
 from gateway.policy import Action, Policy, PolicyStore, decide, policy_confidence
+from gateway.record import Recorder, StageTimer
 from gateway.stats.recorder import StatsRecorder, current_input
 from gateway.types import ChatRequest, Generation
 
@@ -65,21 +65,6 @@ class CompletionInput:
     tenant: str | None = None
 
 
-@dataclass
-class _Timer:
-    """Per-stage latencies of one request, for metrics."""
-
-    started: float = field(default_factory=time.perf_counter)
-    stages: dict[str, float] = field(default_factory=dict)
-
-    async def time(self, stage: str, work: Any) -> Any:
-        begun = time.perf_counter()
-        try:
-            return await work
-        finally:
-            self.stages[stage] = time.perf_counter() - begun
-
-
 class Pipeline:
     """Generate, score, decide, act; with the decision cache around it."""
 
@@ -103,6 +88,7 @@ class Pipeline:
         self.flights = flights or SingleFlight(cache, ttl_s=cache_ttl_s)
         self.metrics = metrics or Metrics()
         self.stats = stats
+        self.record = Recorder(self.metrics, stats)
         # Hits on a popular entry bring the same bytes again and again: decode each once.
         self._decode = functools.lru_cache(maxsize=DECODED_HITS)(Completion.from_json)
 
@@ -141,7 +127,7 @@ class Pipeline:
             return Completion.from_json(lookup.value, cached=False)
         completion = self._read_hit(lookup.value)
         if completion is not None:
-            self._observe(completion, None)
+            self.record.observe(completion, None)
         return completion
 
     def _read_hit(self, raw: bytes) -> Completion | None:
@@ -188,18 +174,18 @@ class Pipeline:
         return completion
 
     async def _decide(self, policy: Policy, request: ChatRequest) -> Completion:
-        timer = _Timer()
+        timer = StageTimer()
         local = await self._generate_and_decide(policy, request, timer)
         if local.action is Action.ESCALATE:
             local = await timer.time("escalate", self._escalate(policy, request, local))
-        self._observe(local, timer)
+        self.record.observe(local, timer)
         return local
 
     async def _generate_and_decide(
         self,
         policy: Policy,
         request: ChatRequest,
-        timer: _Timer,
+        timer: StageTimer,
         on_text: Callable[[str], None] | None = None,
     ) -> Completion:
         """The local answer, its certainty and the policy's action on it (not yet acted on)."""
@@ -237,9 +223,7 @@ class Pipeline:
         return self._escalated(local, reply)
 
     def _escalated(self, local: Completion, reply: EscalationReply) -> Completion:
-        self.metrics.escalations.labels(local.policy, "ok").inc()
-        if reply.cost is not None:
-            self.metrics.escalation_cost.labels(local.policy).inc(reply.cost)
+        self.record.escalation(local.policy, "ok", reply.cost)
         return dataclasses.replace(
             local,
             text=reply.text,
@@ -252,7 +236,7 @@ class Pipeline:
     def _escalation_failed(
         self, policy: Policy, local: Completion, exc: EscalationFailed
     ) -> Completion:
-        self.metrics.escalations.labels(policy.name, "error").inc()
+        self.record.escalation(policy.name, "error")
         log.warning(
             "escalation failed; applying on_escalation_error",
             extra={
@@ -318,14 +302,14 @@ class Pipeline:
         self, policy: Policy, request: ChatRequest
     ) -> AsyncIterator[StreamEvent]:
         """A decision made now, as stream events; observed once it is made."""
-        timer = _Timer()
+        timer = StageTimer()
         if policy.always_returns:
             async for event in self._stream_local(policy, request, timer):
                 yield event
             return
         local = await self._generate_and_decide(policy, request, timer)
         if local.action is not Action.ESCALATE:
-            self._observe(local, timer)
+            self.record.observe(local, timer)
             for event in replay(local):
                 yield event
             return
@@ -343,25 +327,25 @@ class Pipeline:
                 if delta.reply is not None:
                     timer.stages["escalate"] = time.perf_counter() - begun
                     completion = self._escalated(local, delta.reply)
-                    self._observe(completion, timer)
+                    self.record.observe(completion, timer)
                     yield Final(completion)
                     return
                 yield TextDelta(delta.text)
         except EscalationFailed as exc:
             if started:  # the upstream broke mid-answer: the client already has part of it
-                self.metrics.escalations.labels(policy.name, "error").inc()
+                self.record.escalation(policy.name, "error")
                 log.warning(
                     "escalation failed mid-answer; ending the stream with an error",
                     extra={"policy": policy.name, "reason": exc.message},
                 )
                 raise
             fallback = self._escalation_failed(policy, local, exc)
-            self._observe(fallback, timer)
+            self.record.observe(fallback, timer)
             for event in replay(fallback):
                 yield event
 
     async def _stream_local(
-        self, policy: Policy, request: ChatRequest, timer: _Timer
+        self, policy: Policy, request: ChatRequest, timer: StageTimer
     ) -> AsyncIterator[StreamEvent]:
         """The local answer's text as it is generated, then its decision."""
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
@@ -376,7 +360,7 @@ class Pipeline:
         finally:
             if not deciding.done():
                 deciding.cancel()
-        self._observe(completion, timer)
+        self.record.observe(completion, timer)
         yield Final(completion)
 
     # ------------------------------------------------------------------- helpers
@@ -389,15 +373,6 @@ class Pipeline:
             return inp
         capped = dataclasses.replace(sampling, max_tokens=cap)
         return dataclasses.replace(inp, request=dataclasses.replace(inp.request, sampling=capped))
-
-    def _observe(self, completion: Completion, timer: _Timer | None) -> None:
-        self.metrics.certainty_of(completion.policy).observe(completion.confidence)
-        self.metrics.actions_of(completion.policy, completion.action.value).inc()
-        if timer is not None:
-            for stage, seconds in timer.stages.items():
-                self.metrics.stage_latency_of(stage).observe(seconds)
-        if self.stats is not None:
-            self.stats.record(completion, timer.stages if timer is not None else None)
 
 
 def _flight_value(events: list[StreamEvent]) -> bytes | Uncached:

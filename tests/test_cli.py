@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser, main
-from gateway.engine.tiny import build_base_model, build_tokenizer, teach_answers
+from gateway.engine.tiny import build_base_model, build_tokenizer
+from gateway.engine.tiny_teach import teach_answers
 
 
 def _score_args(model_dir: Path, *extra: str) -> list[str]:

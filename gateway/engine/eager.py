@@ -42,17 +42,32 @@ class EagerDecoder:
         """The next-token logits after each row (rows, vocabulary; only `token_ids` when
         given), one left-padded pass."""
         input_ids, attention, positions = self._left_pad(rows)
-        with _AdapterSelection(self.model, [adapter] * len(rows)) as extra:
-            out = self.model(
+        out = self._run([adapter] * len(rows), input_ids, attention, positions, use_cache=False)
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits if token_ids is None else logits[:, token_ids]
+
+    def _run(
+        self,
+        adapters: list[bool],
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        positions: torch.Tensor,
+        *,
+        use_cache: bool,
+        cache: Any = None,
+    ) -> Any:
+        """One forward pass, each row with its adapter on or off; the last position's logits."""
+        caching = {self._cache_kwarg: cache} if use_cache else {}
+        with _AdapterSelection(self.model, adapters) as extra:
+            return self.model(
                 input_ids=input_ids,
                 attention_mask=attention,
                 position_ids=positions,
-                use_cache=False,
+                use_cache=use_cache,
                 logits_to_keep=1,
+                **caching,
                 **extra,
             )
-        logits: torch.Tensor = out.logits[:, -1, :]
-        return logits if token_ids is None else logits[:, token_ids]
 
     # ---------------------------------------------------------------- decoding
 
@@ -126,16 +141,8 @@ class EagerDecoder:
         cache: Any,
     ) -> _Running | None:
         """Run the model, advance each row by one token, drop the rows that are done."""
-        with _AdapterSelection(self.model, [r.adapter for r in rows]) as extra:
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kwarg: cache},
-                **extra,
-            )
+        adapters = [r.adapter for r in rows]
+        out = self._run(adapters, input_ids, attention, positions, use_cache=True, cache=cache)
         new_cache = _output_cache(out)
         if self._cache_mergeable is None:
             self._cache_mergeable = _kv_layers(new_cache) is not None

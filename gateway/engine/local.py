@@ -16,16 +16,13 @@ All methods are blocking and must run on the engine's own thread (see `gateway.e
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from gateway.certainty import (
-    DIGITS,
     MAX_REPLY_TOKENS,
     REPLY_PREFIX,
     ScoreResult,
@@ -35,7 +32,15 @@ from gateway.certainty import (
     parse_reply,
 )
 from gateway.engine.eager import ADAPTER_NAME, EagerDecoder
-from gateway.engine.prompts import render_prompt
+from gateway.engine.loading import (
+    DTypeName,
+    base_load_plan,
+    checkpoint_dtype,
+    load_hint,
+    resolve_device,
+    resolve_dtype,
+)
+from gateway.engine.prompts import digit_token_ids, render_prompt
 from gateway.engine.rows import DecodeRow, RowStepper, length_groups
 from gateway.errors import ContextLengthExceeded, ModelLoadError
 from gateway.types import (
@@ -54,68 +59,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ADAPTER_NAME", "DecodeRow", "LocalEngine", "ModelSource", "length_groups"]
 
-DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 DecoderName = Literal["auto", "eager", "static"]
 STATIC_MAX_CONTEXT = 4096
 """Tokens per row of the static decoder's KV cache unless `engine.max_context` says otherwise."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(dtype: DTypeName, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16()):
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
-def checkpoint_dtype(config: Any) -> torch.dtype | None:
-    """The dtype the checkpoint's weights are stored in, as its config declares it (or None)."""
-    declared = getattr(config, "dtype", None)
-    if isinstance(declared, str):
-        declared = getattr(torch, declared, None)
-    return declared if isinstance(declared, torch.dtype) else None
-
-
-def base_load_plan(
-    stored: torch.dtype | None, device: torch.device, dtype: torch.dtype
-) -> dict[str, Any]:
-    """`from_pretrained` arguments that load the base model with the least peak memory.
-
-    `dtype` in the plan is the dtype the weights are loaded in; when it differs from `dtype`
-    (the one to compute in), the caller widens the model in place after loading.
-
-    - Not on the CPU: straight onto the device (`device_map`), in the compute dtype; each
-      weight goes from the checkpoint to the device, no whole model is built in host memory.
-    - On the CPU, a checkpoint narrower than the compute dtype (bf16 weights, float32 compute on
-      a CPU without bf16): loading it converted keeps the whole checkpoint memory-mapped, and
-      counted in the process's resident memory, until the last weight is converted (peak:
-      float32 model + bf16 file). Read into memory instead (no mmap) in its own dtype, it is then
-      widened one parameter at a time: the peak is the float32 model plus one parameter (reading
-      holds one checkpoint file twice for a moment, its bytes and its tensors: at most the size
-      of the widened model). Costs a little load time: the weights are copied once more.
-    - Otherwise, in the compute dtype: an unconverted checkpoint stays memory-mapped (its pages
-      are the weights, no copy), and a narrowing conversion keeps only the smaller copy.
-    """
-    if device.type != "cpu":
-        return {"dtype": dtype, "device_map": device}
-    if stored is not None and stored.is_floating_point and stored.itemsize < dtype.itemsize:
-        return {"dtype": stored, "disable_mmap": True}
-    return {"dtype": dtype}
 
 
 @dataclass(frozen=True)
@@ -167,7 +113,7 @@ class LocalEngine:
         self.eos_id: int = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
         self.pad_id: int = int(pad) if pad is not None else self.eos_id
-        self.digit_ids: list[int] = self._digit_token_ids()
+        self.digit_ids: list[int] = list(digit_token_ids(tokenizer))
         self._digit_index = torch.tensor(self.digit_ids, device=self.device)
         self.prefix_ids: list[int] = tokenizer.encode(REPLY_PREFIX, add_special_tokens=False)
         if decoder == "auto":
@@ -219,7 +165,7 @@ class LocalEngine:
                 source.base, revision=source.base_revision, config=config, **plan
             )
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(_load_hint("base model", source.base, exc)) from exc
+            raise ModelLoadError(load_hint("base model", source.base, exc)) from exc
         if plan["dtype"] != torch_dtype:
             # Widened in place, one parameter at a time: the peak is the widened model plus
             # one parameter, not the widened model plus the whole checkpoint.
@@ -237,7 +183,7 @@ class LocalEngine:
                 **kwargs,
             )
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ModelLoadError(_load_hint("adapter", source.adapter, exc)) from exc
+            raise ModelLoadError(load_hint("adapter", source.adapter, exc)) from exc
         model.eval()
         log.info(
             "model loaded",
@@ -255,18 +201,6 @@ class LocalEngine:
             max_context=max_context,
             **decoding,
         )
-
-    def _digit_token_ids(self) -> list[int]:
-        ids: list[int] = []
-        for digit in DIGITS:
-            encoded = self.tokenizer.encode(digit, add_special_tokens=False)
-            if len(encoded) != 1:
-                raise ModelLoadError(
-                    f"the tokenizer splits the digit {digit!r} into {len(encoded)} tokens; "
-                    "one-pass scoring needs each digit to be one token"
-                )
-            ids.append(int(encoded[0]))
-        return ids
 
     # --------------------------------------------------------------- interface
 
@@ -388,18 +322,3 @@ class LocalEngine:
         in order.
         """
         return self.decoder.decode(rows, admit=admit, max_rows=max_rows)
-
-
-def _load_hint(what: str, where: str, exc: BaseException) -> str:
-    local = os.path.exists(where)
-    if not local and (where.startswith((os.sep, ".", "~")) or os.sep + os.sep in where):
-        return f"could not load the {what}: no such folder {where!r}"
-    hint = (
-        "check that the folder holds a Hugging Face model"
-        if local
-        else "the Hugging Face hub could not be reached or has no such repository; "
-        "download it elsewhere and point the config at the local folder "
-        "(model.base / model.adapter, or GATEWAY_MODEL__BASE / GATEWAY_MODEL__ADAPTER)"
-    )
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"could not load the {what} from {where!r}: {first_line}; {hint}"

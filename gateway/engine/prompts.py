@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.certainty import DIGITS
+from gateway.errors import ModelLoadError
 from gateway.types import Document
 
 
@@ -172,3 +174,17 @@ def render_prompt(
     )
     ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
     return ids
+
+
+def digit_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The token id of each digit 0-9; each digit must be one token."""
+    ids = []
+    for digit in DIGITS:
+        encoded = tokenizer.encode(digit, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ModelLoadError(
+                f"the tokenizer splits the digit {digit!r} into {len(encoded)} tokens; "
+                "one-pass scoring needs each digit to be one token"
+            )
+        ids.append(int(encoded[0]))
+    return tuple(ids)

@@ -20,24 +20,20 @@ keeps only the tokenizer (to render the adapter's prompt exactly as the local en
 * `generate` mode: the same prompt without the prefix, up to 15 greedy tokens, parsed as the seed
   does.
 
-Failures are bounded like escalations: every call has a deadline (`engine.vllm_timeout_s`: the
-whole call, or, streamed, each gap between data lines; vLLM's `: keep-alive` comments do not
-count), a failed connection or a 5xx is tried once more, and what still fails raises
-`RemoteEngineFailed` (HTTP 502) with a message that says why. vLLM shortens `max_tokens` to what
-the context leaves (the answer then ends with `finish_reason: "length"`); a prompt that fills the
-whole served context, alone or with no token left, is the client's `ContextLengthExceeded` (400);
-vLLM's 429/503 becomes our `Overloaded` (503 with Retry-After).
+Failures are bounded like escalations (`gateway.engine.vllm_http`): every call has a deadline
+(`engine.vllm_timeout_s`), a failed connection or a 5xx is tried once more, and what still fails
+raises `RemoteEngineFailed` (HTTP 502). vLLM shortens `max_tokens` to what the context leaves (the
+answer then ends with `finish_reason: "length"`); a prompt that fills the whole served context is
+the client's `ContextLengthExceeded` (400); vLLM's 429/503 becomes our `Overloaded` (503).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -51,50 +47,27 @@ from gateway.certainty import (
     parse_reply,
 )
 from gateway.config import EngineSettings, ModelSettings
-from gateway.engine.prompts import ControlStrings, render_prompt
+from gateway.engine.prompts import ControlStrings, digit_token_ids, render_prompt
+from gateway.engine.vllm_http import API_KEY_HINT, VllmTransport, openai_base_url, why
 from gateway.engine.vllm_protocol import (
     DIGIT_IDS_FIELD,
     TOP_LOGPROBS,
     FieldRefused,
     RemoteEngineFailed,
     completion_top_logprobs,
-    digit_token_ids,
     document_strings,
-    error_message,
-    error_param,
     first_choice,
-    json_object,
     top_digits_certainty,
 )
-from gateway.errors import (
-    ConfigError,
-    ContextLengthExceeded,
-    GatewayError,
-    ModelLoadError,
-    Overloaded,
-)
+from gateway.errors import ConfigError, ContextLengthExceeded, ModelLoadError
 from gateway.types import ChatRequest, Document, FinishReason, Generation, Message
 
 __all__ = ["RemoteEngine", "RemoteEngineFailed", "openai_base_url"]
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-API_KEY_HINT = "set engine.vllm_api_key (GATEWAY_ENGINE__VLLM_API_KEY) to vLLM's --api-key"
 CHECK_MAX_AGE_S = 5.0
 """How long `/health/ready` reuses the last look at the model server."""
-_CONTEXT_HINTS = ("maximum context length", "context length", "too long", "max_model_len")
-_NO_ROOM_LEFT = "max_tokens must be at least 1"
-"""vLLM's answer when the prompt alone is exactly the context: no token is left to generate."""
-_MAX_TOKENS_TOO_LARGE = "cannot be greater than max_model_len"
-
-
-def openai_base_url(url: str) -> str:
-    """`http://host:8000` and `http://host:8000/v1/` both mean `http://host:8000/v1`."""
-    url = url.rstrip("/")
-    if urlsplit(url).path in ("", "/"):
-        url += "/v1"
-    return url
 
 
 def load_tokenizer(base: str, revision: str | None = None) -> Any:
@@ -130,13 +103,19 @@ class RemoteEngine:
         max_connections: int = 256,
         api_key: str | None = None,
     ) -> None:
-        self.base_url = openai_base_url(base_url)
+        self._http = VllmTransport(
+            base_url=base_url,
+            timeout_s=timeout_s,
+            retries=retries,
+            max_connections=max_connections,
+            api_key=api_key,
+        )
+        self.base_url = self._http.base_url
         self.base_model = base_model
         self.adapter_model = adapter_model
         self.tokenizer = tokenizer
         self.timeout_s = timeout_s
         self.max_context = max_context
-        self.retries = retries
         self._scoring_mode: ScoringMode = scoring_mode
         self._model_id = model_id or f"vllm:{base_model}+{adapter_model}"
         self.prefix_ids: list[int] = tokenizer.encode(REPLY_PREFIX, add_special_tokens=False)
@@ -144,17 +123,8 @@ class RemoteEngine:
         self.digit_texts = tuple(self._token_text(i) for i in self.digit_ids)
         self._ask_digit_ids = True  # until the server refuses `logprob_token_ids`
         self._fell_back = False  # whether the log has said that scoring fell back
-        self._in_flight = 0
         self._checked: tuple[float, list[str]] | None = None  # (when, problems) of `check`
         self._checking = asyncio.Lock()
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"authorization": f"Bearer {api_key}"} if api_key else None,
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
 
     @classmethod
     def from_settings(cls, engine: EngineSettings, model: ModelSettings) -> RemoteEngine:
@@ -214,10 +184,10 @@ class RemoteEngine:
     @property
     def queue_depth(self) -> int:
         """Requests waiting on the model server now (the server queues them itself)."""
-        return self._in_flight
+        return self._http.in_flight
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     async def check(self, max_age_s: float = CHECK_MAX_AGE_S) -> list[str]:
         """`probe`, at most once per `max_age_s` (readiness probes may come often, and from
@@ -232,7 +202,7 @@ class RemoteEngine:
         """What is wrong with the server, as sentences; empty when both models are served."""
         try:
             async with asyncio.timeout(min(self.timeout_s, 5.0)):
-                response = await self._client.get("/models")
+                response = await self._http.client.get("/models")
             response.raise_for_status()
             served = {str(m.get("id")) for m in response.json().get("data", [])}
         except (TimeoutError, httpx.HTTPError, ValueError, AttributeError) as exc:
@@ -240,7 +210,7 @@ class RemoteEngine:
             if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
                 hint = f"; {API_KEY_HINT}"
             return [
-                f"the model server at {self.base_url} did not list its models ({_why(exc)}){hint}"
+                f"the model server at {self.base_url} did not list its models ({why(exc)}){hint}"
             ]
         problems = []
         if self.base_model not in served:
@@ -299,7 +269,7 @@ class RemoteEngine:
         if documents:
             body["documents"] = [document_strings(d) for d in documents]
         if on_text is None:
-            reply = await self._post("/chat/completions", body)
+            reply = await self._http.post("/chat/completions", body)
             choice = first_choice(reply)
             message = choice.get("message") or {}
             return self._generation(
@@ -314,7 +284,7 @@ class RemoteEngine:
         finish: Any = None
         usage: Any = None
         # Closed here, whatever happens: the stream's deadline must not outlive the loop.
-        async with aclosing(self._stream("/chat/completions", body)) as chunks:
+        async with aclosing(self._http.stream("/chat/completions", body)) as chunks:
             async for chunk in chunks:
                 if chunk.get("usage"):
                     usage = chunk["usage"]
@@ -358,7 +328,7 @@ class RemoteEngine:
         same = [document_strings(d) for d in documents]
         prompt = await asyncio.to_thread(self.certainty_prompt, messages, answer, same)
         if (mode or self._scoring_mode) == "generate":
-            reply = await self._post(
+            reply = await self._http.post(
                 "/completions",
                 {
                     "model": self.adapter_model,
@@ -379,14 +349,14 @@ class RemoteEngine:
         if self._ask_digit_ids:
             body[DIGIT_IDS_FIELD] = list(self.digit_ids)
         try:
-            reply = await self._post("/completions", body)
+            reply = await self._http.post("/completions", body)
         except FieldRefused as refused:
             if refused.field != DIGIT_IDS_FIELD or DIGIT_IDS_FIELD not in body:
                 raise
             self._ask_digit_ids = False
             self._fall_back(f"the model server refuses {DIGIT_IDS_FIELD} ({refused.message})")
             del body[DIGIT_IDS_FIELD]
-            reply = await self._post("/completions", body)
+            reply = await self._http.post("/completions", body)
         choice = first_choice(reply)
         top = completion_top_logprobs(choice, self._token_text)
         exact = [top[text] for text in self.digit_texts if text in top]
@@ -414,171 +384,3 @@ class RemoteEngine:
                 TOP_LOGPROBS,
                 extra={"engine_url": self.base_url},
             )
-
-    # ------------------------------------------------------------------- HTTP
-
-    @asynccontextmanager
-    async def _tracked(self) -> AsyncIterator[None]:
-        self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One JSON call under the deadline, tried once more on a failed connection or a 5xx."""
-        async with self._tracked():
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    for attempt in range(self.retries + 1):
-                        response = await self._send(
-                            self._client.build_request("POST", path, json=body), attempt
-                        )
-                        if response is None:
-                            continue
-                        if response.status_code in RETRYABLE_STATUS and attempt < self.retries:
-                            log.info("model server answered %s; trying again", response.status_code)
-                            continue
-                        if response.status_code >= 400:
-                            raise self._http_error(response, body)
-                        return json_object(response.content)
-            except (TimeoutError, httpx.TimeoutException) as exc:
-                raise self._timed_out() from exc
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    async def _send(self, request: httpx.Request, attempt: int) -> httpx.Response | None:
-        """Send; `None` means "the connection failed, try again"."""
-        try:
-            return await self._client.send(request)
-        except httpx.TimeoutException:
-            raise
-        except httpx.TransportError as exc:
-            if attempt < self.retries:
-                log.info("model server unreachable (%s); trying again", type(exc).__name__)
-                return None
-            raise RemoteEngineFailed(
-                f"the model server at {self.base_url} could not be reached ({_why(exc)})"
-            ) from exc
-
-    async def _stream(
-        self, path: str, body: dict[str, Any]
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        """The JSON chunks of a server-sent-event stream; each must come within the deadline."""
-        loop = asyncio.get_running_loop()
-        async with self._tracked():
-            try:
-                async with asyncio.timeout(self.timeout_s) as deadline:
-                    response = await self._open_stream(path, body)
-                    try:
-                        async for line in response.aiter_lines():
-                            # Only data moves the deadline: vLLM's `--sse-keep-alive-interval`
-                            # comments (`: keep-alive`) come however long the answer stalls.
-                            if not line.startswith("data:"):
-                                continue
-                            deadline.reschedule(loop.time() + self.timeout_s)
-                            data = line[len("data:") :].strip()
-                            if data == "[DONE]":
-                                return
-                            chunk = json_object(data.encode())
-                            if "error" in chunk:
-                                raise RemoteEngineFailed(
-                                    f"the model server failed mid-answer: {error_message(chunk)}"
-                                )
-                            yield chunk
-                    except httpx.TransportError as exc:
-                        if isinstance(exc, httpx.TimeoutException):
-                            raise
-                        raise RemoteEngineFailed(
-                            f"the model server broke off the answer ({_why(exc)})"
-                        ) from exc
-                    finally:
-                        await response.aclose()
-            except (TimeoutError, httpx.TimeoutException) as exc:
-                raise self._timed_out() from exc
-
-    async def _open_stream(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            request = self._client.build_request("POST", path, json=body)
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.TimeoutException:
-                raise
-            except httpx.TransportError as exc:
-                if attempt < self.retries:
-                    continue
-                raise RemoteEngineFailed(
-                    f"the model server at {self.base_url} could not be reached ({_why(exc)})"
-                ) from exc
-            if response.status_code < 400:
-                return response
-            await response.aread()
-            await response.aclose()
-            if response.status_code in RETRYABLE_STATUS and attempt < self.retries:
-                continue
-            raise self._http_error(response, body)
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    def _timed_out(self) -> RemoteEngineFailed:
-        return RemoteEngineFailed(
-            f"the model server at {self.base_url} did not answer within {self.timeout_s:g} s"
-        )
-
-    def _http_error(self, response: httpx.Response, body: dict[str, Any]) -> GatewayError:
-        status = response.status_code
-        param = ""
-        try:
-            payload = json.loads(response.content)
-            message = error_message(payload)
-            param = error_param(payload)
-        except ValueError:
-            message = response.text
-        message = " ".join(message.split())[:300] or response.reason_phrase
-        lowered = message.lower()
-        if status == 400 and _NO_ROOM_LEFT in lowered:
-            return ContextLengthExceeded(
-                "the conversation fills the model's whole context; no token is left for the "
-                f"answer (the model server: {message})",
-                param="messages",
-            )
-        if status == 400 and _MAX_TOKENS_TOO_LARGE in lowered:
-            return ContextLengthExceeded(
-                f"max_tokens is larger than the model's context: {message}", param="max_tokens"
-            )
-        if status == 400 and any(hint in lowered for hint in _CONTEXT_HINTS):
-            return ContextLengthExceeded(
-                f"the conversation does not fit the model's context: {message}", param="messages"
-            )
-        if status == 400 and (DIGIT_IDS_FIELD in param or DIGIT_IDS_FIELD in message):
-            return FieldRefused(
-                f"the model server refused {DIGIT_IDS_FIELD} (HTTP 400: {message})",
-                field=DIGIT_IDS_FIELD,
-            )
-        if status in (429, 503):
-            retry_after = _retry_after(response.headers.get("retry-after"))
-            return Overloaded(
-                f"the model server is busy (HTTP {status}); retry shortly",
-                retry_after=retry_after,
-            )
-        if status == 401:
-            return RemoteEngineFailed(
-                f"the model server refused the gateway's credentials (HTTP 401); {API_KEY_HINT}"
-            )
-        if status == 404:
-            return RemoteEngineFailed(
-                f"the model server does not serve {body.get('model')!r} (HTTP 404: {message}); "
-                "check engine.vllm_base_model / engine.vllm_adapter_model against vLLM's "
-                "--served-model-name and --lora-modules"
-            )
-        return RemoteEngineFailed(f"the model server failed (HTTP {status}: {message})")
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return max(1.0, float(value)) if value else 1.0
-    except ValueError:
-        return 1.0
-
-
-def _why(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.certainty import (
-    DIGITS,
     Certainty,
     ScoreResult,
     Unscored,
     certainty_from_top_logprobs,
     digit_confidence,
 )
-from gateway.errors import ModelLoadError, ServiceError
+from gateway.errors import ServiceError
 from gateway.types import Document
 
 TOP_LOGPROBS = 10
@@ -57,20 +56,6 @@ def document_strings(document: Document) -> dict[str, str]:
         str(key): value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         for key, value in document.items()
     }
-
-
-def digit_token_ids(tokenizer: Any) -> tuple[int, ...]:
-    """The token id of each digit 0-9; each digit must be one token."""
-    ids = []
-    for digit in DIGITS:
-        encoded = tokenizer.encode(digit, add_special_tokens=False)
-        if len(encoded) != 1:
-            raise ModelLoadError(
-                f"the tokenizer splits the digit {digit!r} into {len(encoded)} tokens; "
-                "one-pass scoring needs each digit to be one token"
-            )
-        ids.append(int(encoded[0]))
-    return tuple(ids)
 
 
 def completion_top_logprobs(

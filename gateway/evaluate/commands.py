@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import InvalidRequest
+from gateway.model_options import add_model_options, load_engine
 
 MINIATURE_PARAMETERS = 100_000_000
 """A model with fewer parameters than this is taken for the test/demo miniature."""
@@ -38,11 +39,7 @@ def _register_eval(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "--sample", action="store_true", help="use the small labeled sample shipped for the demo"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
-    source = parser.add_argument_group("model (a config file, or --base and --adapter)")
-    source.add_argument("--config", help="a gateway config file")
-    source.add_argument("--base", help="base model: hub id or local folder")
-    source.add_argument("--adapter", help="uncertainty adapter: hub id or local folder")
-    source.add_argument("--adapter-subfolder", default=None, help="the adapter's subfolder")
+    add_model_options(parser)
     parser.add_argument(
         "--policy", metavar="NAME", help="mark this policy's thresholds (a name or a YAML file)"
     )
@@ -141,7 +138,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_model(args: argparse.Namespace, out_dir: Path, kind: Any) -> tuple[Any, str, list[str]]:
-    from gateway.engine.factory import load_local_engine
     from gateway.evaluate.dataset import read_dataset, sample_path
     from gateway.evaluate.runner import run_dataset, score_records
     from gateway.evaluate.scores import ScoredItems, write_scores
@@ -153,12 +149,7 @@ def _run_model(args: argparse.Namespace, out_dir: Path, kind: Any) -> tuple[Any,
     items = read_dataset(data)  # a bad line stops us before the model loads
     if not items:
         raise InvalidRequest(f"{data}: no questions")
-    engine = load_local_engine(
-        config=Path(args.config) if args.config else None,
-        base=args.base,
-        adapter=args.adapter,
-        adapter_subfolder=args.adapter_subfolder,
-    )
+    engine = load_engine(args)
     results, summary = run_dataset(
         engine,
         items,

@@ -122,17 +122,10 @@ def cascade_plot(evaluation: Evaluation, path: Path) -> Path:
         if summary.apgr is not None:
             title += f"\nAPGR = {summary.apgr:.3f}"
     axes.axhline(summary.local_accuracy, color="#c44e52", linewidth=1, label="local model alone")
-    if evaluation.policy is not None and evaluation.policy.point.overall_accuracy is not None:
+    if evaluation.policy is not None:
         point = evaluation.policy.point
-        axes.scatter(
-            [point.escalation_rate],
-            [point.overall_accuracy],
-            marker="*",
-            s=160,
-            color="black",
-            zorder=4,
-            label=f"policy {evaluation.policy.policy.name}",
-        )
+        label = f"policy {evaluation.policy.policy.name}"
+        _mark_policy(axes, point.escalation_rate, point.overall_accuracy, label)
     axes.set_xlim(-0.02, 1.02)
     axes.set_ylim(0, 1.02)
     axes.set_xlabel("fraction escalated to the large model")
@@ -152,17 +145,10 @@ def risk_coverage_plot(evaluation: Evaluation, path: Path) -> Path:
     _label_thresholds(axes, curve, coverage, risk)
     overall_error = 1.0 - evaluation.calibration.accuracy
     axes.axhline(overall_error, color="gray", linestyle=":", label="withholding nothing")
-    if evaluation.policy is not None and evaluation.policy.point.risk is not None:
+    if evaluation.policy is not None:
         point = evaluation.policy.point
-        axes.scatter(
-            [point.coverage],
-            [point.risk],
-            marker="*",
-            s=160,
-            color="black",
-            zorder=4,
-            label=f"policy {evaluation.policy.policy.name} (returned)",
-        )
+        label = f"policy {evaluation.policy.policy.name} (returned)"
+        _mark_policy(axes, point.coverage, point.risk, label)
     axes.set_xlim(0, 1.02)
     axes.set_ylim(0, 1.02)
     axes.set_xlabel("coverage: fraction of answers returned")
@@ -170,6 +156,13 @@ def risk_coverage_plot(evaluation: Evaluation, path: Path) -> Path:
     axes.set_title(f"Guard: risk against coverage, AURC = {evaluation.aurc:.3f}")
     axes.legend(loc="upper left", fontsize=8)
     return _save(figure, path)
+
+
+def _mark_policy(axes: Any, x: float, y: float | None, label: str) -> None:
+    """The policy's operating point: a black star (none where `y` was not measured)."""
+    if y is None:
+        return
+    axes.scatter([x], [y], marker="*", s=160, color="black", zorder=4, label=label)
 
 
 def draw_all(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:

@@ -90,41 +90,27 @@ def _thin(points: Sequence[OperatingPoint]) -> list[OperatingPoint]:
     return [points[round(i * step)] for i in range(MAX_CURVE_ROWS)]
 
 
-def _cascade_table(points: Sequence[OperatingPoint]) -> str:
-    rows = [
-        [
-            f"{p.return_at:g}",
-            _fmt(p.returned_rate),
-            _fmt(p.escalation_rate),
-            _fmt(p.returned_accuracy),
-            _fmt(p.overall_accuracy),
-            _fmt(p.relative_cost),
-        ]
-        for p in _thin(points)
-    ]
-    headers = [
-        "threshold",
-        "returned",
-        "escalated",
-        "accuracy returned",
-        "cascade accuracy",
-        "relative cost",
-    ]
-    return _table(headers, rows)
+Column = tuple[str, Callable[[OperatingPoint], float | None]]
+
+_CASCADE_COLUMNS: tuple[Column, ...] = (
+    ("returned", lambda p: p.returned_rate),
+    ("escalated", lambda p: p.escalation_rate),
+    ("accuracy returned", lambda p: p.returned_accuracy),
+    ("cascade accuracy", lambda p: p.overall_accuracy),
+    ("relative cost", lambda p: p.relative_cost),
+)
+_GUARD_COLUMNS: tuple[Column, ...] = (
+    ("coverage", lambda p: p.coverage),
+    ("withheld", lambda p: p.withheld_rate),
+    ("accuracy returned", lambda p: p.returned_accuracy),
+    ("risk", lambda p: p.risk),
+)
 
 
-def _guard_table(points: Sequence[OperatingPoint]) -> str:
-    rows = [
-        [
-            f"{p.return_at:g}",
-            _fmt(p.coverage),
-            _fmt(p.withheld_rate),
-            _fmt(p.returned_accuracy),
-            _fmt(p.risk),
-        ]
-        for p in _thin(points)
-    ]
-    return _table(["threshold", "coverage", "withheld", "accuracy returned", "risk"], rows)
+def _points_table(points: Sequence[OperatingPoint], columns: Sequence[Column]) -> str:
+    """One row per threshold (thinned to `MAX_CURVE_ROWS`), one column per measure."""
+    rows = [[f"{p.return_at:g}", *(_fmt(value(p)) for _, value in columns)] for p in _thin(points)]
+    return _table(["threshold", *(header for header, _ in columns)], rows)
 
 
 def _definitions() -> str:
@@ -192,11 +178,11 @@ def write_report(evaluation: Evaluation, pictures: Mapping[str, Path], out_dir: 
             ],
         ),
         _image(pictures["cascade"], "cascade curve"),
-        _cascade_table(evaluation.cascade),
+        _points_table(evaluation.cascade, _CASCADE_COLUMNS),
         "<h2>Guard</h2>",
         f"<p>AURC = {_fmt(evaluation.aurc, 4)}</p>",
         _image(pictures["risk_coverage"], "risk-coverage curve"),
-        _guard_table(evaluation.guard),
+        _points_table(evaluation.guard, _GUARD_COLUMNS),
     ]
     if evaluation.policy is not None:
         point = evaluation.policy.point

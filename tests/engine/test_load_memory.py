@@ -14,13 +14,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gateway.engine.local import (
-    ADAPTER_NAME,
-    LocalEngine,
-    ModelSource,
-    base_load_plan,
-    checkpoint_dtype,
-)
+from gateway.engine.loading import base_load_plan, checkpoint_dtype
+from gateway.engine.local import ADAPTER_NAME, LocalEngine, ModelSource
 from gateway.types import ChatRequest, Message, SamplingParams
 
 CPU = torch.device("cpu")
