@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 
 from gateway.cache.breaker import CircuitBreaker
-from gateway.cache.connection import connect
+from gateway.cache.connection import RedisLink, connect
 from gateway.config import Settings
 from gateway.stats.cells import FLOAT_FIELDS, Cell, Key, flatten, unflatten
 from gateway.stats.recorder import Minutes, StatsUnavailable
@@ -151,13 +151,7 @@ class RedisStats:
         return result
 
     def _reason(self, exc: BaseException) -> str:
-        if isinstance(exc, TimeoutError) and not str(exc):
-            text = f"no answer within {self._timeout_s:g} s"
-        else:
-            text = str(exc)[:200]
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        return f"{type(exc).__name__}: {text}"
+        return RedisLink(self._client, self._where, self._secret).reason(exc, self._timeout_s)
 
 
 def _is_float(flat: str) -> bool:
