@@ -14,13 +14,12 @@ because Redis is down).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from gateway.cache.base import CacheStatus
-from gateway.cache.connection import RedisLink, connect
+from gateway.cache.connection import RedisCallFailed, RedisLink, connect
 from gateway.config import CacheSettings, LimitSettings
 
 _OK = CacheStatus("ok")
@@ -132,18 +131,14 @@ class RedisRateLimiter:
         return CacheStatus("degraded", f"{self._where}: {self._breaker.last_failure}")
 
     async def acquire(self, key: str) -> float:
-        if not self._breaker.allow():
-            return self._fallback.acquire_now(key)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                wait = await self._script(keys=[self._prefix + key], args=self._args)
-        except asyncio.CancelledError:
-            self._breaker.abandon()
-            raise
-        except Exception as exc:  # fail open: limit in this process instead
-            self._breaker.record_failure(self._link.reason(exc, self._timeout_s))
+            wait = await self._link.guarded(
+                self._breaker,
+                self._timeout_s,
+                lambda: self._script(keys=[self._prefix + key], args=self._args),
+            )
+        except RedisCallFailed:  # fail open: limit in this process instead
             return self._fallback.acquire_now(key)
-        self._breaker.record_success()
         return float(wait)
 
     async def close(self) -> None:

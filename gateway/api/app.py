@@ -17,7 +17,7 @@ from gateway.api.chat import ChatEndpoint, ChatFirst
 from gateway.api.dashboard import router as dashboard_router
 from gateway.api.errors import install_error_handlers
 from gateway.api.keys import KeyRing
-from gateway.api.lifecycle import drain_on_sigterm, reload_on_sighup, stop_task
+from gateway.api.lifecycle import drain_on_sigterm, reload_on_sighup
 from gateway.api.middleware import edge
 from gateway.api.openapi import openapi_document
 from gateway.api.routes import router
@@ -33,6 +33,7 @@ from gateway.pipeline import Pipeline
 from gateway.policy import PolicyStore
 from gateway.ratelimit import build_rate_limiter
 from gateway.stats.build import start_stats
+from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 

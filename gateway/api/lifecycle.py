@@ -71,14 +71,6 @@ async def _drain(state: GatewayState, drain_s: float, stop: Callable[[], None]) 
     stop()
 
 
-async def stop_task(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    stop.set()
-    try:
-        await asyncio.wait_for(task, timeout=2.0)
-    except (TimeoutError, asyncio.CancelledError):
-        task.cancel()
-
-
 def reload_on_sighup(state: GatewayState, settings: Settings) -> None:
     """SIGHUP re-reads the policies and the API key file."""
 

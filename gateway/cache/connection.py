@@ -8,7 +8,10 @@ password in failure reasons, and builds the circuit breaker each user of Redis k
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -20,6 +23,12 @@ from gateway.config import CacheSettings
 from gateway.errors import ConfigError
 
 SCHEMES = ("redis", "rediss", "unix")
+
+T = TypeVar("T")
+
+
+class RedisCallFailed(Exception):
+    """A guarded call was not made (the circuit is open) or failed; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,27 @@ class RedisLink:
             failure_threshold=settings.breaker_failures,
             cooldown_s=settings.breaker_cooldown_s,
         )
+
+    async def guarded(
+        self, breaker: CircuitBreaker, timeout_s: float, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`call()` within `timeout_s`, through `breaker`: every failure (a time-out, a refused
+        connection, any Redis error) is counted and raised as `RedisCallFailed`, as is a call
+        the open circuit does not make. Each user of Redis turns that into its fail-open path."""
+        if not breaker.allow():
+            raise RedisCallFailed(breaker.last_failure)
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await call()
+        except asyncio.CancelledError:
+            breaker.abandon()
+            raise
+        except Exception as exc:
+            reason = self.reason(exc, timeout_s)
+            breaker.record_failure(reason)
+            raise RedisCallFailed(reason) from exc
+        breaker.record_success()
+        return result
 
     def reason(self, exc: BaseException, timeout_s: float) -> str:
         """Why a call failed, for log lines and health checks, never with the password."""

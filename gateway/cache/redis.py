@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from gateway.cache.base import CacheStatus, CacheUnavailable
-from gateway.cache.connection import RedisLink, connect
+from gateway.cache.connection import RedisCallFailed, RedisLink, connect
 from gateway.config import CacheSettings
 
 T = TypeVar("T")
@@ -135,22 +135,15 @@ class RedisCache:
         return f"{self._prefix}{key}:lock"
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
-        if not self._breaker.allow():
-            raise _Unavailable
+        """Fail open: every failure of the store (and every call the open circuit does not
+        make) is `_Unavailable`, a miss for reads and a skipped write."""
+        was_open = self._breaker.state == "open"
         try:
-            async with asyncio.timeout(self._timeout_s):
-                result = await call()
-        except asyncio.CancelledError:
-            self._breaker.abandon()
-            raise
-        except Exception as exc:  # fail open: every failure of the store is a miss
-            was_open = self._breaker.state == "open"
-            self._breaker.record_failure(self._reason(exc))
+            return await self._link.guarded(self._breaker, self._timeout_s, call)
+        except RedisCallFailed as exc:
             if not was_open and self._breaker.state == "open":
                 await self._drop_idle_connections()
             raise _Unavailable from exc
-        self._breaker.record_success()
-        return result
 
     async def _drop_idle_connections(self) -> None:
         """Idle pooled connections may belong to a Redis that died: close them when the circuit

@@ -17,6 +17,7 @@ from gateway.policy import PolicyStore
 from gateway.stats.audit import CalibrationAudit
 from gateway.stats.prices import Prices
 from gateway.stats.recorder import SharedStats, StatsRecorder
+from gateway.tasks import stop_task
 
 
 async def start_stats(
@@ -44,16 +45,8 @@ async def start_stats(
     if shared is not None:
         stop = asyncio.Event()
         flusher = asyncio.create_task(recorder.run_flusher(settings.stats.flush_s, stop))
-        stack.push_async_callback(_stop, flusher, stop)
+        stack.push_async_callback(stop_task, flusher, stop)
     return recorder
-
-
-async def _stop(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    stop.set()
-    try:
-        await asyncio.wait_for(task, timeout=2.0)
-    except (TimeoutError, asyncio.CancelledError):
-        task.cancel()
 
 
 class BaselineCollector(Collector):

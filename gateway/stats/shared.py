@@ -13,14 +13,13 @@ timed out after Redis applied it is thus counted twice: the counters are at leas
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
 from gateway.cache.breaker import CircuitBreaker
-from gateway.cache.connection import RedisLink, connect
+from gateway.cache.connection import RedisCallFailed, RedisLink, connect
 from gateway.config import Settings
 from gateway.stats.cells import FLOAT_FIELDS, Cell, Key, flatten, unflatten
 from gateway.stats.recorder import Minutes, StatsUnavailable
@@ -135,23 +134,12 @@ class RedisStats:
         await self._client.aclose()
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
-        if not self._breaker.allow():
-            raise StatsUnavailable(f"{self._where}: {self._breaker.last_failure}")
+        """Fail open: any failure shows this replica's counts (`StatsUnavailable`)."""
+        link = RedisLink(self._client, self._where, self._secret)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                result = await call()
-        except asyncio.CancelledError:
-            self._breaker.abandon()
-            raise
-        except Exception as exc:  # fail open: any failure shows this replica's counts
-            reason = self._reason(exc)
-            self._breaker.record_failure(reason)
-            raise StatsUnavailable(f"{self._where}: {reason}") from None
-        self._breaker.record_success()
-        return result
-
-    def _reason(self, exc: BaseException) -> str:
-        return RedisLink(self._client, self._where, self._secret).reason(exc, self._timeout_s)
+            return await link.guarded(self._breaker, self._timeout_s, call)
+        except RedisCallFailed as exc:
+            raise StatsUnavailable(f"{self._where}: {exc}") from None
 
 
 def _is_float(flat: str) -> bool:
