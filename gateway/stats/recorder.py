@@ -2,9 +2,10 @@
 
 `record` is on every request's path (cache hits included), so it only adds to a few counters of
 one cell: no lock (one event loop), no I/O, no text. Minute cells older than an hour are folded
-into one "since start" cell per policy and tenant. With a `SharedStats` (Redis), the same counts
-also go to a pending set that a background task adds to Redis every `flush_s`; the windows are
-then read from Redis (all replicas), and from this process alone while Redis fails.
+into one "since start" cell per policy and tenant. With a `SharedStats` (Redis), a background
+task adds to Redis, every `flush_s`, what each cell counted since its last successful flush
+(the request path only marks the cell as changed); the windows are then read from Redis (all
+replicas), and from this process alone while Redis fails.
 
 The tenant, and the conversation the audit may send to its judge, come from `current_input`,
 which the pipeline sets when a request enters it.
@@ -92,7 +93,10 @@ class StatsRecorder:
         self.started_at = clock()
         self._minutes: Minutes = {}
         self._archived: dict[Key, Cell] = {}
-        self._pending: Minutes | None = {} if shared is not None else None
+        self._changed: set[tuple[int, Key]] | None = set() if shared is not None else None
+        """(minute, key) of the cells counted in since the last flush (with a shared store)."""
+        self._flushed: dict[tuple[int, Key], dict[str, float]] = {}
+        """What the shared store holds of each cell: its fields at its last successful flush."""
         self._minute = -1
         self._cells: dict[Key, Cell] = {}  # the current minute's
         self.auditor: Auditor | None = None
@@ -107,8 +111,6 @@ class StatsRecorder:
         key = (completion.policy, (inp.tenant if inp is not None else None) or "")
         price = self._price(completion.policy)
         self._add(self._cell(key), completion, stages, price)
-        if self._pending is not None:
-            self._add(self._pending_cell(key), completion, stages, price)
         auditor = self.auditor
         if (
             auditor is not None
@@ -173,10 +175,7 @@ class StatsRecorder:
                 cell.skipped += 1
 
     def _cells_of(self, key: Key) -> list[Cell]:
-        cells = [self._cell(key)]
-        if self._pending is not None:
-            cells.append(self._pending_cell(key))
-        return cells
+        return [self._cell(key)]
 
     def _price(self, policy_name: str) -> Price | None:
         """The price of the policy's escalation model (looked up once per policy version)."""
@@ -200,14 +199,8 @@ class StatsRecorder:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = Cell()
-        return cell
-
-    def _pending_cell(self, key: Key) -> Cell:
-        assert self._pending is not None
-        cells = self._pending.setdefault(self._minute, {})
-        cell = cells.get(key)
-        if cell is None:
-            cell = cells[key] = Cell()
+        if self._changed is not None:
+            self._changed.add((minute, key))
         return cell
 
     def _turn(self, minute: int) -> None:
@@ -217,6 +210,7 @@ class StatsRecorder:
         for old in [m for m in self._minutes if m <= minute - KEPT_MINUTES]:
             for key, cell in self._minutes.pop(old).items():
                 self._archived.setdefault(key, Cell()).merge(cell)
+                self._flushed.pop((old, key), None)  # no window shows that minute any more
 
     # -------------------------------------------------------------------- reading
 
@@ -253,25 +247,32 @@ class StatsRecorder:
     # -------------------------------------------------------------------- sharing
 
     async def flush(self) -> None:
-        """Add the pending counts to the shared store; kept for the next try if it fails."""
-        if self.shared is None or not self._pending:
+        """Add to the shared store what each changed cell counted since its last successful
+        flush; after a failure the same cells are sent again, with all they counted since."""
+        if self.shared is None or not self._changed:
             return
-        pending, self._pending = self._pending, {}
+        changed, self._changed = self._changed, set()
+        minutes: Minutes = {}
+        sent: dict[tuple[int, Key], dict[str, float]] = {}
+        for minute, key in changed:
+            cell = self._minutes.get(minute, {}).get(key)
+            if cell is None:
+                continue  # over an hour old: no window shows it
+            now = cell.fields()
+            before = self._flushed.get((minute, key), {})
+            delta = Cell()
+            for name, value in now.items():
+                if value != before.get(name, 0):
+                    delta.add_field(name, value - before.get(name, 0))
+            minutes.setdefault(minute, {})[key] = delta
+            sent[(minute, key)] = now
         try:
-            await self.shared.add(pending)
+            await self.shared.add(minutes)
         except StatsUnavailable:
-            self._restore(pending)
+            assert self._changed is not None
+            self._changed |= changed
             raise
-
-    def _restore(self, pending: Minutes) -> None:
-        assert self._pending is not None
-        oldest = int(self._clock() // 60) - KEPT_MINUTES
-        for minute, cells in pending.items():
-            if minute <= oldest:
-                continue  # no window shows it any more
-            into = self._pending.setdefault(minute, {})
-            for key, cell in cells.items():
-                into.setdefault(key, Cell()).merge(cell)
+        self._flushed.update(sent)
 
     async def run_flusher(self, every_s: float, stop: asyncio.Event) -> None:
         """Flush every `every_s` until `stop`, then once more."""

@@ -80,3 +80,22 @@ def test_a_failed_flush_keeps_the_counts_for_the_next(
         await one.shared.close()
 
     asyncio.run(scenario())
+
+
+def test_each_count_reaches_redis_once_across_flushes(
+    store: PolicyStore, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        one = replica(store, redis_server)
+        for flushes in range(3):  # counts before each flush, and the same cell again after
+            for _ in range(2):
+                one.record(completion("guard", Action.RETURN, 0.9), {"generate": 0.05})
+            await one.flush()
+            await one.flush()  # nothing new: adds nothing
+            cell = (await one.view("5m")).cells[("guard", "")]
+            assert cell.requests == 2 * (flushes + 1)
+            assert sum(cell.latency["generate"]) == 2 * (flushes + 1)
+        assert one.shared is not None
+        await one.shared.close()
+
+    asyncio.run(scenario())
