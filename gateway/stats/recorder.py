@@ -231,7 +231,7 @@ class StatsRecorder:
         return View(self.local(window), aggregated=False)
 
     async def view(self, window: Window) -> View:
-        """All replicas' cells (this one's pending counts added first), or this one's alone
+        """All replicas' cells (this one's unflushed counts added first), or this one's alone
         while the shared store fails."""
         if self.shared is None:
             return View(self.local(window), aggregated=False)

@@ -1,13 +1,14 @@
 """Replicas' counters added up in Redis, failing open like the cache.
 
-Each replica adds its pending cells (see `recorder`) to one hash per minute,
+Each replica adds what its cells counted since their last flush (see `recorder`) to one hash per
+minute,
 `{prefix}stats:m:{minute}` (kept `MINUTE_TTL_S`, a little over the longest window), and to
 `{prefix}stats:total` (kept `stats.redis_ttl_s` after the last write), in one pipelined round
 trip. A window is the sum of its minute hashes, read in one round trip.
 
 Every call runs under a time limit and behind a circuit breaker, as the Redis cache does; a
 failure raises `StatsUnavailable`, and the recorder then shows this replica's own counts (the
-page says "this replica only") and keeps its pending counts for the next flush. (A flush that
+page says "this replica only") and sends those counts again with the next flush. (A flush that
 timed out after Redis applied it is thus counted twice: the counters are at least once.)
 """
 
