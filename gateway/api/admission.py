@@ -34,12 +34,12 @@ class RequestContext:
 
 
 def request_context(scope: Scope) -> RequestContext:
-    """The request's context, made on first use."""
-    state = scope.setdefault("state", {})
-    context = state.get(_CONTEXT)
-    if context is None:
-        context = state[_CONTEXT] = RequestContext()
-    assert isinstance(context, RequestContext)
+    """The request's context, made on first use (each request asks a few times: the common
+    case is one look-up)."""
+    try:
+        context: RequestContext = scope["state"][_CONTEXT]
+    except KeyError:
+        context = scope.setdefault("state", {})[_CONTEXT] = RequestContext()
     return context
 
 
