@@ -56,7 +56,8 @@ class EagerDecoder:
         use_cache: bool,
         cache: Any = None,
     ) -> Any:
-        """One forward pass, each row with its adapter on or off; the last position's logits."""
+        """One forward pass, each row with its adapter on or off, logits of the last position
+        only; the model's output (logits and, with `use_cache`, the KV cache)."""
         caching = {self._cache_kwarg: cache} if use_cache else {}
         with _AdapterSelection(self.model, adapters) as extra:
             return self.model(
