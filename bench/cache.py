@@ -72,11 +72,9 @@ import logging, os, time
 from functools import lru_cache
 from pathlib import Path
 
-import orjson
-
 from gateway.api.app import create_app
 from gateway.api.schemas import ChatCompletionBody
-from gateway.api.wire import completion_body, completion_header_list, completion_id
+from gateway.api.wire import Answers
 from gateway.config import load_settings
 from gateway.logs import configure_logging
 from gateway.pipeline import Completion, CompletionInput
@@ -87,6 +85,7 @@ access = logging.getLogger("gateway.access")
 log_lines = os.environ["FLOOR_LOG"] == "1"
 parsed = {}
 decode = lru_cache(maxsize=256)(Completion.from_json)
+answers = Answers()
 
 async def app(scope, receive, send):
     if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
@@ -103,9 +102,8 @@ async def app(scope, receive, send):
     key, inp = parsed[raw_body]
     raw = await state.cache.get(key)
     completion = decode(raw) if raw is not None else await state.pipeline.complete(inp)
-    answer = completion_body(completion, request_id=completion_id(), created=int(time.time()))
-    out = orjson.dumps(answer)
-    headers = completion_header_list(completion) + [
+    out, headers = answers.answer(completion)
+    headers = headers + [
         (b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})

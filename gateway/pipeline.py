@@ -35,7 +35,7 @@ from gateway.escalation import EscalationReply, Escalator
 from gateway.metrics import Metrics
 from gateway.policy import Action, Policy, PolicyStore, decide, policy_confidence
 from gateway.record import Recorder, StageTimer
-from gateway.stats.recorder import StatsRecorder, current_input
+from gateway.stats.recorder import StatsRecorder
 from gateway.types import ChatRequest, Generation
 
 __all__ = [  # the answer types, also importable from here
@@ -119,7 +119,7 @@ class Pipeline:
             tenant=inp.tenant,
         )
 
-    def _landed(self, lookup: Lookup) -> Completion | None:
+    def _landed(self, lookup: Lookup, inp: CompletionInput) -> Completion | None:
         """The decision a flight brought to a caller that did not compute it (counted as a hit or
         a miss); None for a cached entry this gateway cannot read."""
         if not lookup.cached:  # a fresh decision, observed where it was made
@@ -127,7 +127,7 @@ class Pipeline:
             return Completion.from_json(lookup.value, cached=False)
         completion = self._read_hit(lookup.value)
         if completion is not None:
-            self.record.observe(completion, None)
+            self.record.observe(inp, completion, None)
         return completion
 
     def _read_hit(self, raw: bytes) -> Completion | None:
@@ -155,30 +155,30 @@ class Pipeline:
 
         return self.flights.get_or_compute(key, compute, ttl_s=self.cache_ttl_s)
 
-    def _prepared(self, inp: CompletionInput) -> tuple[Policy, ChatRequest, str | None]:
+    def _prepared(self, inp: CompletionInput) -> tuple[Policy, CompletionInput, str | None]:
+        """The policy `inp` names, `inp` within the policy's token cap, and its cache key."""
         policy = self.policy(inp.policy)
         inp = self._capped(policy, inp)
-        return policy, inp.request, self.key(policy, inp)
+        return policy, inp, self.key(policy, inp)
 
     # ------------------------------------------------------------- non-streaming
 
     async def complete(self, inp: CompletionInput) -> Completion:
-        current_input.set(inp)
-        policy, request, key = self._prepared(inp)
+        policy, inp, key = self._prepared(inp)
         if key is None:
-            return await self._decide(policy, request)
-        completion = self._landed(await self._fly(key, lambda: self._decide(policy, request)))
+            return await self._decide(policy, inp)
+        completion = self._landed(await self._fly(key, lambda: self._decide(policy, inp)), inp)
         if completion is None:  # an unreadable entry: decide afresh and overwrite it
-            completion = await self._decide(policy, request)
+            completion = await self._decide(policy, inp)
             await self._store(key, completion)
         return completion
 
-    async def _decide(self, policy: Policy, request: ChatRequest) -> Completion:
+    async def _decide(self, policy: Policy, inp: CompletionInput) -> Completion:
         timer = StageTimer()
-        local = await self._generate_and_decide(policy, request, timer)
+        local = await self._generate_and_decide(policy, inp.request, timer)
         if local.action is Action.ESCALATE:
-            local = await timer.time("escalate", self._escalate(policy, request, local))
-        self.record.observe(local, timer)
+            local = await timer.time("escalate", self._escalate(policy, inp.request, local))
+        self.record.observe(inp, local, timer)
         return local
 
     async def _generate_and_decide(
@@ -269,16 +269,15 @@ class Pipeline:
         share one flight, as in `complete`: the caller that computes streams live, the others get
         the decision replayed.
         """
-        current_input.set(inp)
-        policy, request, key = self._prepared(inp)
+        policy, inp, key = self._prepared(inp)
         if key is None:
-            async for event in self._stream_fresh(policy, request):
+            async for event in self._stream_fresh(policy, inp):
                 yield event
             return
         lookup: Lookup | None = None
         led = False
         flight = self.flights.get_or_stream(
-            key, lambda: self._stream_fresh(policy, request), _flight_value, ttl_s=self.cache_ttl_s
+            key, lambda: self._stream_fresh(policy, inp), _flight_value, ttl_s=self.cache_ttl_s
         )
         async with contextlib.aclosing(flight):
             async for item in flight:
@@ -291,25 +290,26 @@ class Pipeline:
         if led:
             self.metrics.cache_miss.inc()
             return
-        completion = self._landed(lookup)
+        completion = self._landed(lookup, inp)
         if completion is None:  # an unreadable entry: decide afresh and overwrite it
-            completion = await self._decide(policy, request)
+            completion = await self._decide(policy, inp)
             await self._store(key, completion)
         for event in replay(completion):
             yield event
 
     async def _stream_fresh(
-        self, policy: Policy, request: ChatRequest
+        self, policy: Policy, inp: CompletionInput
     ) -> AsyncIterator[StreamEvent]:
         """A decision made now, as stream events; observed once it is made."""
         timer = StageTimer()
         if policy.always_returns:
-            async for event in self._stream_local(policy, request, timer):
+            async for event in self._stream_local(policy, inp, timer):
                 yield event
             return
+        request = inp.request
         local = await self._generate_and_decide(policy, request, timer)
         if local.action is not Action.ESCALATE:
-            self.record.observe(local, timer)
+            self.record.observe(inp, local, timer)
             for event in replay(local):
                 yield event
             return
@@ -327,7 +327,7 @@ class Pipeline:
                 if delta.reply is not None:
                     timer.stages["escalate"] = time.perf_counter() - begun
                     completion = self._escalated(local, delta.reply)
-                    self.record.observe(completion, timer)
+                    self.record.observe(inp, completion, timer)
                     yield Final(completion)
                     return
                 yield TextDelta(delta.text)
@@ -340,17 +340,17 @@ class Pipeline:
                 )
                 raise
             fallback = self._escalation_failed(policy, local, exc)
-            self.record.observe(fallback, timer)
+            self.record.observe(inp, fallback, timer)
             for event in replay(fallback):
                 yield event
 
     async def _stream_local(
-        self, policy: Policy, request: ChatRequest, timer: StageTimer
+        self, policy: Policy, inp: CompletionInput, timer: StageTimer
     ) -> AsyncIterator[StreamEvent]:
         """The local answer's text as it is generated, then its decision."""
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         deciding = asyncio.ensure_future(
-            self._generate_and_decide(policy, request, timer, on_text=pieces.put_nowait)
+            self._generate_and_decide(policy, inp.request, timer, on_text=pieces.put_nowait)
         )
         deciding.add_done_callback(lambda _: pieces.put_nowait(None))
         try:
@@ -360,7 +360,7 @@ class Pipeline:
         finally:
             if not deciding.done():
                 deciding.cancel()
-        self.record.observe(completion, timer)
+        self.record.observe(inp, completion, timer)
         yield Final(completion)
 
     # ------------------------------------------------------------------- helpers

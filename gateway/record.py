@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.completion import Completion
 from gateway.metrics import Metrics
 from gateway.stats.recorder import StatsRecorder
+
+if TYPE_CHECKING:
+    from gateway.pipeline import CompletionInput
 
 __all__ = ["Recorder", "StageTimer"]
 
@@ -40,15 +43,18 @@ class Recorder:
         self.metrics = metrics
         self.stats = stats
 
-    def observe(self, completion: Completion, timer: StageTimer | None) -> None:
-        """A decision served: its certainty, its action and, when made now, its stages."""
+    def observe(
+        self, inp: CompletionInput, completion: Completion, timer: StageTimer | None
+    ) -> None:
+        """A decision served for `inp`: its certainty, its action and, when made now, its
+        stages."""
         self.metrics.certainty_of(completion.policy).observe(completion.confidence)
         self.metrics.actions_of(completion.policy, completion.action.value).inc()
         if timer is not None:
             for stage, seconds in timer.stages.items():
                 self.metrics.stage_latency_of(stage).observe(seconds)
         if self.stats is not None:
-            self.stats.record(completion, timer.stages if timer is not None else None)
+            self.stats.record(completion, timer.stages if timer is not None else None, inp)
 
     def escalation(
         self, policy: str, outcome: Literal["ok", "error"], cost: float | None = None

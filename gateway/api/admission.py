@@ -43,9 +43,10 @@ def request_context(scope: Scope) -> RequestContext:
     return context
 
 
-async def authenticate_and_rate_limit(state: GatewayState, scope: Scope) -> None:
+async def authenticate_and_rate_limit(state: GatewayState, scope: Scope) -> RequestContext:
     """The API key (401 unless a configured one is presented, when any is configured), then the
-    key's rate limit (429). The request's context gets the key and its id (the tenant)."""
+    key's rate limit (429). The request's context, returned, gets the key and its id (the
+    tenant)."""
     context = request_context(scope)
     if state.keys.enabled:
         presented = [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
@@ -54,7 +55,7 @@ async def authenticate_and_rate_limit(state: GatewayState, scope: Scope) -> None
         context.api_key = key
     limiter = state.rate_limiter
     if limiter is None:
-        return
+        return context
     wait = await limiter.acquire(context.tenant or "anonymous")
     if wait > 0:
         raise RateLimited(
@@ -62,19 +63,19 @@ async def authenticate_and_rate_limit(state: GatewayState, scope: Scope) -> None
             f"for this API key; retry in {wait:.1f} s",
             retry_after=math.ceil(wait),
         )
+    return context
 
 
 def authenticate(state: GatewayState, scope: Scope, presented: Sequence[str]) -> ApiKey:
     """The presented key, unless the client's address is throttled for its failures (429,
     `gateway.api.throttle`) or the key is wrong (401, counted). Either is left out of the access
     log (`quiet_log`): the throttle logs failures in summary."""
-    context = request_context(scope)
     logins = state.failed_logins
     client = scope.get("client")
     address = str(client[0]) if client else "unknown"
     wait = logins.wait(address)
     if wait > 0:
-        context.quiet_log = True
+        request_context(scope).quiet_log = True
         raise TooManyFailedAuthentications(
             f"too many failed authentications from this address; retry in {math.ceil(wait)} s",
             retry_after=math.ceil(wait),
@@ -82,7 +83,7 @@ def authenticate(state: GatewayState, scope: Scope, presented: Sequence[str]) ->
     try:
         return state.keys.authenticate(presented)
     except AuthenticationFailed as exc:
-        context.quiet_log = True
+        request_context(scope).quiet_log = True
         logins.failed(address, exc.message)
         raise
 
@@ -93,8 +94,8 @@ def allowed_policies(scope: Scope) -> frozenset[str] | None:
     return None if key is None else key.policies
 
 
-def authorize_policy(scope: Scope, policy: str) -> None:
+def authorize_policy(context: RequestContext, policy: str) -> None:
     """403 unless the request's API key (as admission found it) may use `policy`."""
-    key = request_context(scope).api_key
+    key = context.api_key
     if key is not None:
         key.authorize_policy(policy)

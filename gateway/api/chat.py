@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pydantic
 from fastapi import Depends
 from fastapi.responses import StreamingResponse
@@ -25,7 +24,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.admission import authenticate_and_rate_limit, authorize_policy, request_context
+from gateway.api.admission import authenticate_and_rate_limit, authorize_policy
 from gateway.api.dependencies import require_api_key
 from gateway.api.errors import (
     error_responses,
@@ -36,13 +35,7 @@ from gateway.api.errors import (
 )
 from gateway.api.schemas import ChatCompletionBody
 from gateway.api.state import GatewayState
-from gateway.api.wire import (
-    ChunkWriter,
-    completion_body,
-    completion_header_list,
-    completion_id,
-    decision_headers,
-)
+from gateway.api.wire import Answers, ChunkWriter, decision_headers
 from gateway.config import LimitSettings
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.pipeline import Completion, CompletionInput, Decided, Final, StreamEvent, TextDelta
@@ -76,13 +69,15 @@ class ChatEndpoint:
 
     `limits` are the app's. Recent valid bodies are remembered with what they parsed to
     (`RecentBodies`), so a client that repeats a request (what every cache hit is) skips the
-    validation. Nothing else is remembered: the API key, the rate limit, the key's permission for
-    the policy and the decision are checked or looked up on every request.
+    validation, and the answers of recent cached decisions are kept serialized (`Answers`). Nothing
+    else is remembered: the API key, the rate limit, the key's permission for the policy and the
+    decision are checked or looked up on every request.
     """
 
     def __init__(self, limits: LimitSettings) -> None:
         self.limits = limits
         self.recent = RecentBodies()
+        self.answers = Answers()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -101,8 +96,7 @@ class ChatEndpoint:
 
     async def complete(self, state: GatewayState, scope: Scope, raw: bytes) -> ASGIApp:
         """Answer a chat conversation; `model` names the policy."""
-        await authenticate_and_rate_limit(state, scope)
-        context = request_context(scope)
+        context = await authenticate_and_rate_limit(state, scope)
         tenant = context.tenant
         parsed = self.recent.get(tenant, raw)
         if parsed is None:
@@ -111,13 +105,13 @@ class ChatEndpoint:
             except pydantic.ValidationError as exc:
                 return validation_error_response(exc.errors(include_url=False))
             context.policy = body.model  # for the request metrics, once the body is valid
-            authorize_policy(scope, body.model)
+            authorize_policy(context, body.model)
             chat = self._convert(body)
             self.recent.put(tenant, raw, (body, chat))
         else:
             body, chat = parsed
             context.policy = body.model
-            authorize_policy(scope, body.model)
+            authorize_policy(context, body.model)
         inp = CompletionInput(policy=body.model, request=chat, tenant=tenant)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -126,8 +120,7 @@ class ChatEndpoint:
         completion = await state.pipeline.complete(inp)
         state.metrics.stage_latency_of("total").observe(time.perf_counter() - started)
         _log_content(state, inp, completion)
-        answer = completion_body(completion, request_id=completion_id(), created=int(time.time()))
-        return JSONReply(orjson.dumps(answer), completion_header_list(completion))
+        return JSONReply(*self.answers.answer(completion))
 
     def _convert(self, body: ChatCompletionBody) -> ChatRequest:
         limits = self.limits

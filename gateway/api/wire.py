@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -84,11 +85,9 @@ def certainty_object(completion: Completion) -> dict[str, Any]:
     return body
 
 
-def completion_body(completion: Completion, *, request_id: str, created: int) -> dict[str, Any]:
+def answer_fields(completion: Completion) -> dict[str, Any]:
+    """A `chat.completion` body's fields after its `id`, `object` and `created`."""
     return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": created,
         "model": completion.policy,
         "choices": [
             {
@@ -102,6 +101,52 @@ def completion_body(completion: Completion, *, request_id: str, created: int) ->
         "system_fingerprint": None,
         "certainty": certainty_object(completion),
     }
+
+
+Rendered = tuple[bytes, list[tuple[bytes, bytes]]]
+"""`answer_fields` serialized, less its opening brace, and the answer's headers."""
+
+
+class Answers:
+    """Chat answers as response bytes: `chat.completion` bodies and the decision's headers.
+
+    Only a body's `id` and `created` differ from one answer of a decision to the next, so the
+    rest is serialized once per decision object: a cached decision is decoded once and then
+    served to every hit on its entry (`Pipeline`), and the last `size` of them are kept rendered.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._rendered: OrderedDict[int, tuple[Completion, Rendered]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rendered)
+
+    def answer(self, completion: Completion) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The response body (a new id, the time now) and headers of `completion`."""
+        fields, headers = self._render(completion)
+        head = b'{"id":"%s","object":"chat.completion","created":%d,' % (
+            completion_id().encode(),
+            int(time.time()),
+        )
+        return head + fields, headers
+
+    def _render(self, completion: Completion) -> Rendered:
+        if not completion.cached:  # a decision made now: served once
+            return _rendered(completion)
+        made = self._rendered.get(id(completion))
+        if made is not None and made[0] is completion:  # the entry holds it: its id is its own
+            self._rendered.move_to_end(id(completion))
+            return made[1]
+        rendered = _rendered(completion)
+        self._rendered[id(completion)] = (completion, rendered)
+        if len(self._rendered) > self.size:
+            self._rendered.popitem(last=False)
+        return rendered
+
+
+def _rendered(completion: Completion) -> Rendered:
+    return orjson.dumps(answer_fields(completion))[1:], completion_header_list(completion)
 
 
 class ChunkWriter:

@@ -6,9 +6,6 @@ into one "since start" cell per policy and tenant. With a `SharedStats` (Redis),
 task adds to Redis, every `flush_s`, what each cell counted since its last successful flush
 (the request path only marks the cell as changed); the windows are then read from Redis (all
 replicas), and from this process alone while Redis fails.
-
-The tenant, and the conversation the audit may send to its judge, come from `current_input`,
-which the pipeline sets when a request enters it.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -31,9 +27,6 @@ if TYPE_CHECKING:
     from gateway.policy import PolicyStore
 
 log = logging.getLogger(__name__)
-
-current_input: ContextVar[CompletionInput | None] = ContextVar("gateway_input", default=None)
-"""The request being decided (set by the pipeline); its tenant and, for the audit, its text."""
 
 Window = Literal["5m", "1h", "all"]
 WINDOW_MINUTES: dict[str, int | None] = {"5m": 5, "1h": 60, "all": None}
@@ -105,9 +98,14 @@ class StatsRecorder:
 
     # ------------------------------------------------------------------ recording
 
-    def record(self, completion: Completion, stages: Mapping[str, float] | None) -> None:
-        """Count one decision (`stages`: seconds per stage, None for a cache hit)."""
-        inp = current_input.get()
+    def record(
+        self,
+        completion: Completion,
+        stages: Mapping[str, float] | None,
+        inp: CompletionInput | None = None,
+    ) -> None:
+        """Count one decision (`stages`: seconds per stage, None for a cache hit) served for `inp`
+        (its tenant; the conversation, for the audit)."""
         key = (completion.policy, (inp.tenant if inp is not None else None) or "")
         price = self._price(completion.policy)
         self._add(self._cell(key), completion, stages, price)

@@ -19,7 +19,7 @@ from gateway.pipeline import CompletionInput
 from gateway.policy import Action, PolicyStore
 from gateway.stats.audit import CalibrationAudit, parse_verdict
 from gateway.stats.prices import Prices
-from gateway.stats.recorder import StatsRecorder, current_input
+from gateway.stats.recorder import StatsRecorder
 from gateway.stats.summary import summarize
 from gateway.types import ChatRequest, Document, Message, SamplingParams
 from tests.stats.test_recorder import completion
@@ -82,10 +82,15 @@ def build(
     return recorder, auditor, metrics, store
 
 
+ASKED = CompletionInput(
+    policy="guard",
+    request=ChatRequest(messages=(Message(role="user", content=QUESTION),)),
+    tenant="acme",
+)
+
+
 def returned(recorder: StatsRecorder, confidence: float = 0.85) -> None:
-    request = ChatRequest(messages=(Message(role="user", content=QUESTION),))
-    current_input.set(CompletionInput(policy="guard", request=request, tenant="acme"))
-    recorder.record(completion("guard", Action.RETURN, confidence), {"generate": 0.01})
+    recorder.record(completion("guard", Action.RETURN, confidence), {"generate": 0.01}, ASKED)
 
 
 async def settle(auditor: CalibrationAudit) -> None:
@@ -115,8 +120,8 @@ def test_only_returned_fresh_answers_are_audited(tmp_path: Path) -> None:
     recorder, auditor, _, _ = build(tmp_path, judge, "{sample: 1.0, judge: judge}")
 
     async def scenario() -> None:
-        recorder.record(completion("guard", Action.WITHHOLD, 0.2), None)
-        recorder.record(completion("guard", Action.RETURN, 0.9, cached=True), None)
+        recorder.record(completion("guard", Action.WITHHOLD, 0.2), {"generate": 0.01}, ASKED)
+        recorder.record(completion("guard", Action.RETURN, 0.9, cached=True), None, ASKED)
         returned(recorder)
         await settle(auditor)
 

@@ -11,7 +11,7 @@ from gateway.pipeline import Completion, CompletionInput, Usage
 from gateway.policy import Action, PolicyStore
 from gateway.stats.cells import Cell, flatten, latency_bin, latency_bin_seconds, unflatten
 from gateway.stats.prices import Prices
-from gateway.stats.recorder import StatsRecorder, current_input
+from gateway.stats.recorder import StatsRecorder
 from gateway.stats.summary import summarize
 from gateway.types import ChatRequest, Message
 
@@ -79,14 +79,18 @@ def test_recorder_counts_actions_confidences_hits_and_stages_per_policy_and_tena
     clock = Clock()
     recorder = StatsRecorder(store, Prices(MODEL_LIST), clock=clock)
     request = ChatRequest(messages=(Message(role="user", content="SECRET PROMPT"),))
-    current_input.set(CompletionInput(policy="cascade", request=request, tenant="acme"))
-    recorder.record(completion("cascade", Action.RETURN, 0.85), {"generate": 0.1, "score": 0.02})
-    recorder.record(completion("cascade", Action.RETURN, 0.85, cached=True), None)
+    acme = CompletionInput(policy="cascade", request=request, tenant="acme")
     recorder.record(
-        completion("cascade", Action.ESCALATE, 0.45, cost=0.01), {"generate": 0.1, "escalate": 1.0}
+        completion("cascade", Action.RETURN, 0.85), {"generate": 0.1, "score": 0.02}, acme
     )
-    current_input.set(CompletionInput(policy="guard", request=request, tenant=None))
-    recorder.record(completion("guard", Action.WITHHOLD, 0.15), {"generate": 0.2})
+    recorder.record(completion("cascade", Action.RETURN, 0.85, cached=True), None, acme)
+    recorder.record(
+        completion("cascade", Action.ESCALATE, 0.45, cost=0.01),
+        {"generate": 0.1, "escalate": 1.0},
+        acme,
+    )
+    anonymous = CompletionInput(policy="guard", request=request, tenant=None)
+    recorder.record(completion("guard", Action.WITHHOLD, 0.15), {"generate": 0.2}, anonymous)
 
     cells = recorder.local("5m")
     cascade = cells[("cascade", "acme")]
