@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from gateway.cache.base import DecisionCache
@@ -146,14 +146,24 @@ class Pipeline:
         if completion.escalation_error is None:
             await self.cache.set(key, completion.to_json(), self.cache_ttl_s)
 
-    def _fly(self, key: str, decide: Callable[[], Awaitable[Completion]]) -> Awaitable[Lookup]:
+    async def _decided_once(
+        self, key: str, policy: Policy, inp: CompletionInput
+    ) -> Completion | None:
         """Single flight: concurrent identical misses decide once (across replicas too, with
-        Redis); a fallback after a failed escalation is served to the flight, not remembered."""
+        Redis); a fallback after a failed escalation is served to the flight, not remembered.
+        The caller that decides gets its own decision; the others get it as `_landed` reads it."""
+        made: Completion | None = None
 
         async def compute() -> bytes | Uncached:
-            return _flight_value([Final(await decide())])
+            nonlocal made
+            made = await self._decide(policy, inp)
+            return _flight_value([Final(made)])
 
-        return self.flights.get_or_compute(key, compute, ttl_s=self.cache_ttl_s)
+        lookup = await self.flights.get_or_compute(key, compute, ttl_s=self.cache_ttl_s)
+        if made is not None and not lookup.cached:  # decided here, and observed where it was
+            self.metrics.cache_miss.inc()
+            return made
+        return self._landed(lookup, inp)
 
     def _prepared(self, inp: CompletionInput) -> tuple[Policy, CompletionInput, str | None]:
         """The policy `inp` names, `inp` within the policy's token cap, and its cache key."""
@@ -167,7 +177,7 @@ class Pipeline:
         policy, inp, key = self._prepared(inp)
         if key is None:
             return await self._decide(policy, inp)
-        completion = self._landed(await self._fly(key, lambda: self._decide(policy, inp)), inp)
+        completion = await self._decided_once(key, policy, inp)
         if completion is None:  # an unreadable entry: decide afresh and overwrite it
             completion = await self._decide(policy, inp)
             await self._store(key, completion)
