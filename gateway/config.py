@@ -196,10 +196,11 @@ class ServerSettings(_Section):
     # the gateway), the fastest; "h11" / "asyncio" are the pure-Python ones.
     http: Literal["auto", "httptools", "h11"] = "auto"
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    # The connection edge (`gateway.api.server`): a request head's size and time to arrive,
-    # open connections, idle keep-alive.
+    # The connection edge (`gateway.api.server`): a request head's size and time to arrive, its
+    # body's time to arrive, open connections, idle keep-alive.
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1000, gt=0)
     keep_alive_s: int = Field(default=5, gt=0)
     # /docs, /redoc and /openapi.json

@@ -76,6 +76,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     limits = ConnectionLimits(
         max_header_bytes=server.max_header_bytes,
         header_timeout_s=server.header_timeout_s,
+        body_timeout_s=server.body_timeout_s,
         max_connections=server.max_connections,
     )
     return uvicorn.Config(

@@ -1,6 +1,6 @@
 """The connection edge: limits on what a client may hold of the server before any request runs.
 
-uvicorn's HTTP protocols, with four limits they do not enforce (or not in time), counted before
+uvicorn's HTTP protocols, with five limits they do not enforce (or not in time), counted before
 the parser sees a byte:
 
 * **header bytes** (`server.max_header_bytes`): a request head (request line and headers) larger
@@ -12,6 +12,9 @@ the parser sees a byte:
   this time of the connection opening, or of its first byte on a kept-alive connection; else 408
   (or, when not a byte came, a silent close) and the connection closed. A client sending a byte a
   second holds its connection no longer.
+* **body timeout** (`server.body_timeout_s`): the body must be complete within this time of its
+  head; else 408 and the connection closed. (The app reads every body whole before it answers,
+  `gateway.api.middleware.BodyLimitMiddleware`, so nothing of a response has been sent by then.)
 * **connections** (`server.max_connections`): a connection opened while this many are open is
   answered 503 with `Retry-After` and closed at once, before anything is read. uvicorn's
   `limit_concurrency` only looks when a head is complete (half-sent heads are never counted)
@@ -48,6 +51,7 @@ _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 class ConnectionLimits:
     max_header_bytes: int = 64 * 1024
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     max_connections: int = 1000
 
 
@@ -71,8 +75,9 @@ class ConnectionGuard:
         self._head_bytes = 0
         self._tail = b""  # the last bytes of the head so far: its end may straddle two reads
         self._waiting = False  # a head is due
+        self._body_due = False  # a head is in, the rest of its request is not
         self._received = 0  # bytes since the head became due
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the head's deadline, then the body's
         self._linger: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- events
@@ -92,12 +97,22 @@ class ConnectionGuard:
         self._waiting = False
         self._in_head = False
         self._head_bytes = 0
+        self._body_due = True
 
     def message_done(self) -> None:
         """The request (body included) is in: what comes next is the next request's head."""
+        if self._body_due:
+            self._body_due = False
+            self._cancel_timer()
         self._in_head = self._count_head
         self._head_bytes = 0
         self._tail = b""
+
+    def fed(self) -> None:
+        """The parser has taken a read: a body it left incomplete gets its deadline. (Set here
+        rather than at `head_done`: most requests come whole in one read, and pay for no timer.)"""
+        if self._body_due and self._timer is None and not self.refused:
+            self._timer = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
 
     def received(self, data: bytes) -> bool:
         """Whether `data` goes to the parser (False once the connection is refused)."""
@@ -174,6 +189,16 @@ class ConnectionGuard:
             code="request_timeout",
         )
 
+    def _body_late(self) -> None:
+        self._timer = None
+        if not self._body_due or self.transport.is_closing():
+            return
+        self.refuse(
+            408,
+            f"the request body did not arrive within {self.limits.body_timeout_s:g} s",
+            code="request_timeout",
+        )
+
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -216,6 +241,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.guard.received(data):
             super().data_received(data)
+            self.guard.fed()
 
     def on_headers_complete(self) -> None:
         self.guard.head_done()
@@ -252,12 +278,16 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self.guard.received(data):
             super().data_received(data)
+            self.guard.fed()
 
     def handle_events(self) -> None:
         before = self.cycle
         super().handle_events()
-        if self.cycle is not before:  # a request head was read
+        cycle = self.cycle
+        if cycle is not before:  # a request head was read
             self.guard.head_done()
+        if cycle is not None and not cycle.more_body:  # and its body (no-op once said)
+            self.guard.message_done()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -1,13 +1,15 @@
 """End to end, over raw sockets against a real `serve` process: the connection edge's limits on
-header size, header time and open connections (`gateway.api.server`)."""
+header size, header time, body time and open connections (`gateway.api.server`)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,13 +18,24 @@ import yaml
 from tests.e2e.harness import Gateway, serving, tiny_model
 
 HEADER_TIMEOUT_S = 1.5
+BODY_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 12
 GET_LIVE = b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n"
+CHAT = json.dumps(
+    {
+        "model": "granite",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+        "temperature": 0,
+    }
+).encode()
+POST_CHAT = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\n\r\n" % len(CHAT)
+)
 
 
-@pytest.fixture(scope="module")
-def gateway(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    folder = tmp_path_factory.mktemp("edge")
+def start(tiny_model_dir: Path, folder: Path, **server: Any) -> Iterator[Gateway]:
     policies = folder / "policies"
     policies.mkdir()
     (policies / "granite.yaml").write_text(yaml.safe_dump({"name": "granite", "return_at": 0.0}))
@@ -31,12 +44,33 @@ def gateway(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "policies_dir": str(policies),
         "server": {
             "header_timeout_s": HEADER_TIMEOUT_S,
+            "body_timeout_s": BODY_TIMEOUT_S,
             "max_connections": MAX_CONNECTIONS,
             "keep_alive_s": 30,
+            **server,
         },
     }
-    with serving(config, folder) as server:
-        yield server
+    with serving(config, folder) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    yield from start(tiny_model_dir, tmp_path_factory.mktemp("edge"))
+
+
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def either_parser(
+    request: pytest.FixtureRequest,
+    gateway: Gateway,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    """The module's gateway (httptools, what `serve` runs), then one on h11."""
+    if request.param == "httptools":
+        yield gateway
+    else:
+        yield from start(tiny_model_dir, tmp_path_factory.mktemp("edge-h11"), http="h11")
 
 
 def connect(gateway: Gateway) -> socket.socket:
@@ -151,3 +185,71 @@ def test_connections_beyond_the_cap_get_503_with_retry_after(gateway: Gateway) -
     finally:
         for sock in held:
             sock.close()
+
+
+def response_to(sock: socket.socket) -> bytes:
+    """One whole response with a Content-Length, read from a kept-alive connection."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_body_that_stops_coming_is_408_after_the_body_timeout(either_parser: Gateway) -> None:
+    sock = connect(either_parser)
+    try:
+        sock.sendall(POST_CHAT + CHAT[:10])  # the head whole, the body never
+        answer = read_all(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert b'"code": "request_timeout"' in answer
+    assert b"request body did not arrive within 2 s" in answer
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off_at_the_body_timeout(gateway: Gateway) -> None:
+    sock = connect(gateway)
+    sock.sendall(POST_CHAT)
+    sock.settimeout(0.1)
+    answer = b""
+    try:
+        for byte in CHAT:  # ~10 s of body at this pace, against a 2 s limit
+            sock.send(bytes([byte]))
+            try:
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+        sock.settimeout(5)
+        answer += read_all(sock)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert b"request body did not arrive" in answer
+
+
+def test_a_kept_alive_connection_is_not_cut_off_after_whole_requests(
+    either_parser: Gateway,
+) -> None:
+    sock = connect(either_parser)
+    try:
+        sock.sendall(POST_CHAT + CHAT[:10])  # a body in two parts, well within the limit
+        time.sleep(0.3)
+        sock.sendall(CHAT[10:])
+        assert response_to(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(BODY_TIMEOUT_S + 0.5)  # idle past the body limit: no deadline is left running
+        sock.sendall(POST_CHAT + CHAT)
+        assert response_to(sock).startswith(b"HTTP/1.1 200 ")
+    finally:
+        sock.close()
