@@ -7,6 +7,7 @@ that names the key and where it came from.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -203,8 +204,33 @@ class ServerSettings(_Section):
     body_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1000, gt=0)
     keep_alive_s: int = Field(default=5, gt=0)
+    # Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` name the client (a load balancer's
+    # address or network, "*" for any; comma-separated in the environment): the client address
+    # is what failed logins are counted by. Requests from any other peer are taken as they come.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1"])
     # /docs, /redoc and /openapi.json
     docs: bool = True
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            if proxy == "*":
+                continue
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{proxy!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/8, *)"
+                ) from None
+        return proxies
 
 
 class Settings(BaseSettings):

@@ -74,3 +74,14 @@ def test_served_by_names_the_model_not_a_path(model: dict[str, str], shown: str)
     settings = ModelSettings(**model)  # type: ignore[arg-type]
     assert settings.display_name == shown
     assert source_from_settings(settings).name == shown
+
+
+def test_a_trusted_proxy_that_is_not_an_address_stops_start_up_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"server": {"trusted_proxies": ["10.0.0.0/8", "nginx"]}}))
+    assert main(["serve", "--port", "0", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "server.trusted_proxies" in err
+    assert "'nginx' is not an IP address or network" in err

@@ -5,13 +5,18 @@ Docker is not needed: these read the Dockerfile and the compose file as text and
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import shlex
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
+
+from gateway.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -189,6 +194,21 @@ def test_the_vllm_compose_file_mounts_a_config_that_exists() -> None:
     assert (ROOT / "deploy" / source.group(1)).resolve().is_file()  # relative to the file
     config = yaml.safe_load((ROOT / "deploy" / source.group(1)).read_text())
     assert config["engine"]["kind"] == "vllm"
+
+
+def test_the_vllm_replicas_trust_exactly_the_balancers_fixed_address() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.vllm.yml").read_text())
+    services = compose["services"]
+    balancer = services["lb"]["networks"]["default"]["ipv4_address"]
+    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    assert ipaddress.ip_address(balancer) in ipaddress.ip_network(subnet)
+    trusted = services["gateway"]["environment"]["GATEWAY_SERVER__TRUSTED_PROXIES"]
+    environment = {"GATEWAY_SERVER__TRUSTED_PROXIES": trusted}
+    with mock.patch.dict(os.environ, environment):
+        assert Settings().server.trusted_proxies == [balancer]
+    # nginx names the client in the header the replicas read.
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
 
 
 def test_the_image_holds_the_files_the_compose_config_names() -> None:

@@ -86,6 +86,8 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         http=protocol_class(server.http, limits),
         h11_max_incomplete_event_size=server.max_header_bytes,  # with `http: h11`
         timeout_keep_alive=server.keep_alive_s,
+        proxy_headers=True,
+        forwarded_allow_ips=server.trusted_proxies,
         loop=settings.server.loop,
         log_level="info",
         log_config=None,  # uvicorn's loggers propagate to our JSON handler
