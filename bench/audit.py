@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from soak import SilentUpstream, build_model, free_port, gateway
+from soak import SilentUpstream, build_model, free_port, gateway, model_section
 
 
 def config(model: Path, work: Path, name: str, judge_port: int | None) -> dict[str, Any]:
@@ -46,13 +46,7 @@ def config(model: Path, work: Path, name: str, judge_port: int | None) -> dict[s
         },
     }
     return {
-        "model": {
-            "base": str(model / "base"),
-            "adapter": str(model / "adapter"),
-            "adapter_subfolder": None,
-            "device": "cpu",
-            "dtype": "float32",
-        },
+        "model": model_section(model),
         "policies_dir": str(policies),
         "escalation": {"model_list": [judge], "timeout_s": 2.0, "num_retries": 0},
         "stats": {"audit_timeout_s": 2.0, "audit_pause_s": 1.0},

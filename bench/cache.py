@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from soak import free_port
+from soak import free_port, miniature_config
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = {
@@ -241,29 +241,7 @@ def main() -> None:
         )
         (work / "bare_app.py").write_text(BARE_APP)
         (work / "floor_app.py").write_text(FLOOR_APP)
-        subprocess.run(
-            [sys.executable, "-m", "gateway", "make-tiny-model", str(work / "tiny")],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        (work / "policies").mkdir()
-        (work / "policies" / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
-        config = work / "gateway.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "model": {
-                        "base": str(work / "tiny" / "base"),
-                        "adapter": str(work / "tiny" / "adapter"),
-                        "adapter_subfolder": None,
-                        "device": "cpu",
-                        "dtype": "float32",
-                    },
-                    "policies_dir": str(work / "policies"),
-                }
-            )
-        )
+        config = miniature_config(work, env)
 
         runs: dict[tuple[str, str], list[dict[str, float]]] = {}
         for stack, (loop, http) in STACKS.items():

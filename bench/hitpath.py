@@ -17,12 +17,12 @@ import asyncio
 import cProfile
 import json
 import pstats
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from soak import miniature_config
 
 BODY = json.dumps(
     {
@@ -32,31 +32,6 @@ BODY = json.dumps(
         "max_tokens": 8,
     }
 ).encode()
-
-
-def prepare(work: Path) -> Path:
-    """The miniature model, one always-returning policy and a config, under `work`."""
-    if not (work / "tiny" / "adapter").exists():
-        subprocess.run(
-            [sys.executable, "-m", "gateway", "make-tiny-model", str(work / "tiny")], check=True
-        )
-    (work / "policies").mkdir(exist_ok=True)
-    (work / "policies" / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
-    config = work / "gateway.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "model": {
-                    "base": str(work / "tiny" / "base"),
-                    "adapter": str(work / "tiny" / "adapter"),
-                    "device": "cpu",
-                    "dtype": "float32",
-                },
-                "policies_dir": str(work / "policies"),
-            }
-        )
-    )
-    return config
 
 
 async def start(app: Any) -> None:
@@ -140,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-hitpath-"))
     work.mkdir(parents=True, exist_ok=True)
-    asyncio.run(measure(prepare(work), args.requests, args.profile))
+    asyncio.run(measure(miniature_config(work), args.requests, args.profile))
 
 
 if __name__ == "__main__":

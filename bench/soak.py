@@ -180,6 +180,35 @@ def build_model(model_dir: Path) -> Path:
     return model_dir
 
 
+def miniature_config(work: Path, env: dict[str, str] | None = None) -> Path:
+    """Under `work`: the miniature model (built once, `env` for the build), one always-returning
+    policy (`granite`) and a config serving them; the config's path."""
+    if not (work / "tiny" / "adapter").is_dir():
+        subprocess.run(
+            [sys.executable, "-m", "gateway", "make-tiny-model", str(work / "tiny")],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    (work / "policies").mkdir(exist_ok=True)
+    (work / "policies" / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
+    config = work / "gateway.yaml"
+    body = {"model": model_section(work / "tiny"), "policies_dir": str(work / "policies")}
+    config.write_text(json.dumps(body))
+    return config
+
+
+def model_section(model_dir: Path) -> dict[str, Any]:
+    """The config's `model` section for the miniature model in `model_dir`, on the CPU."""
+    return {
+        "base": str(model_dir / "base"),
+        "adapter": str(model_dir / "adapter"),
+        "adapter_subfolder": None,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -202,13 +231,7 @@ def main() -> None:
             "on_escalation_error: return_local\n"
         )
         base: dict[str, Any] = {
-            "model": {
-                "base": str(model / "base"),
-                "adapter": str(model / "adapter"),
-                "adapter_subfolder": None,
-                "device": "cpu",
-                "dtype": "float32",
-            },
+            "model": model_section(model),
             "policies_dir": str(policies),
             "auth": {"api_keys": [KEY]},
             "escalation": {
