@@ -2,17 +2,21 @@
 
 On this CPU the static decoder runs its decoding step eagerly: the same function a CUDA graph
 captures (`granite.decode_step`), with the same shapes. Its tokens and scores must be the eager
-decoder's (transformers + PEFT) for the same rows.
+decoder's (transformers + PEFT) for the same rows. `EagerGraph` stands in for a captured graph
+(static inputs and output, replayed in place), so that the replay path and its fallbacks run here.
 """
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
+from gateway.engine import granite
 from gateway.engine.granite import GraniteWeights, StaticKV, Unsupported
 from gateway.engine.local import DecodeRow, LocalEngine
-from gateway.engine.static import StaticDecoder, batch_buckets, context_buckets
+from gateway.engine.static import StaticDecoder, _Graph, batch_buckets, context_buckets
 from gateway.errors import ContextLengthExceeded
 from gateway.types import ChatRequest, Message, SamplingParams
 
@@ -204,3 +208,103 @@ def test_a_cache_that_does_not_fit_stops_start_up_with_both_settings_named(
     _check_fits(weights, 8, 4096, free_bytes=2 * needed)  # fits: nothing said
     with pytest.raises(ModelLoadError, match=r"engine\.max_batch_size=8.*engine\.max_context=4096"):
         _check_fits(weights, 8, 4096, free_bytes=needed // 2)
+
+
+class EagerGraph:
+    """A captured CUDA graph's stand-in on the CPU: static input and output tensors of its own,
+    and a `replay` that runs the step over them, reading what `StaticDecoder` copied in."""
+
+    def __init__(self, decoder: StaticDecoder, rows: int, context: int, *, fails: bool) -> None:
+        self.decoder, self.context, self.fails = decoder, context, fails
+        self.ids = torch.full((rows,), decoder.pad_id, dtype=torch.long)
+        self.positions = torch.zeros(rows, dtype=torch.long)
+        self.gate = torch.zeros((rows, 1, 1))
+        self.logits = torch.full((rows, decoder.weights.lm_head.shape[0]), float("nan"))
+
+    def replay(self) -> None:
+        if self.fails:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        d = self.decoder
+        step = granite.decode_step(
+            d.weights, self.ids, self.positions, self.gate, d.kv, self.context
+        )
+        self.logits.copy_(step)
+
+    def pool(self) -> None:
+        return None
+
+    def captured(self) -> _Graph:
+        return _Graph(self, self.ids, self.positions, self.gate, self.logits)  # type: ignore[arg-type]
+
+
+def _graphed(
+    engine: LocalEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    capture_fails_from_rows: int | None = None,
+    replay_fails: bool = False,
+) -> tuple[LocalEngine, StaticDecoder]:
+    """A static engine (4 slots of 256 tokens) whose `capture` made `EagerGraph`s."""
+    static = _static(engine)
+    decoder = static.decoder
+    assert isinstance(decoder, StaticDecoder)
+
+    def capture(rows: int, context: int, pool: object) -> _Graph:
+        if capture_fails_from_rows is not None and rows >= capture_fails_from_rows:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return EagerGraph(decoder, rows, context, fails=replay_fails).captured()
+
+    monkeypatch.setattr(decoder, "_capture", capture)
+    decoder.capture()
+    return static, decoder
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+ADAPTERS = [False, True, False, True, True, False]
+LENGTHS = [3, 12, 7, 1, 20, 9]
+
+
+def test_replayed_steps_decode_as_the_eager_decoder(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    static, decoder = _graphed(engine, monkeypatch)
+    assert set(decoder.graphs) == {(1, 256), (2, 256), (4, 256)}
+    eager = _tokens(engine, _rows(engine, ADAPTERS, LENGTHS))
+    assert _tokens(static, _rows(static, ADAPTERS, LENGTHS)) == eager
+    assert decoder.steps_replayed > 0
+    assert decoder.steps_eager == 0
+    assert decoder.capture_error is None
+    assert not _warnings(caplog)
+
+
+def test_a_failed_capture_leaves_the_remaining_shapes_eager_with_one_warning(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.engine.static"):
+        static, decoder = _graphed(engine, monkeypatch, capture_fails_from_rows=2)
+    assert set(decoder.graphs) == {(1, 256)}
+    assert decoder.capture_error is not None
+    assert decoder.capture_error.startswith("RuntimeError: CUDA error: operation not permitted")
+    assert len(_warnings(caplog)) == 1
+    eager = _tokens(engine, _rows(engine, ADAPTERS, LENGTHS))
+    assert _tokens(static, _rows(static, ADAPTERS, LENGTHS)) == eager
+    assert decoder.steps_eager > 0  # several rows: the shapes without a graph
+    assert decoder.steps_replayed > 0  # the last row alone: the one graph captured
+
+
+def test_a_failed_replay_drops_its_graph_and_the_step_runs_eagerly(
+    engine: LocalEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    static, decoder = _graphed(engine, monkeypatch, replay_fails=True)
+    eager = _tokens(engine, _rows(engine, ADAPTERS, LENGTHS))
+    with caplog.at_level(logging.WARNING, logger="gateway.engine.static"):
+        assert _tokens(static, _rows(static, ADAPTERS, LENGTHS)) == eager
+    assert decoder.steps_replayed == 0
+    used = {(r.__dict__["rows"], r.__dict__["context"]) for r in _warnings(caplog)}
+    assert len(_warnings(caplog)) == len(used) >= 2  # one line per shape, not one per step
+    assert used.isdisjoint(decoder.graphs)
+    assert all("illegal memory access" in r.__dict__["error"] for r in _warnings(caplog))
+    assert all("more" not in r.__dict__["error"] for r in _warnings(caplog))
