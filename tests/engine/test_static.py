@@ -308,3 +308,15 @@ def test_a_failed_replay_drops_its_graph_and_the_step_runs_eagerly(
     assert used.isdisjoint(decoder.graphs)
     assert all("illegal memory access" in r.__dict__["error"] for r in _warnings(caplog))
     assert all("more" not in r.__dict__["error"] for r in _warnings(caplog))
+
+
+def test_attention_on_cuda_leaves_out_cudnn_and_restores_the_settings_after() -> None:
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with granite.attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with granite.attention_kernels(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before  # torch's own choice
