@@ -8,10 +8,12 @@ decoder's (transformers + PEFT) for the same rows. `EagerGraph` stands in for a 
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gateway.engine import granite
 from gateway.engine.granite import GraniteWeights, StaticKV, Unsupported
@@ -320,3 +322,99 @@ def test_attention_on_cuda_leaves_out_cudnn_and_restores_the_settings_after() ->
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
     with granite.attention_kernels(torch.device("cpu")):
         assert torch.backends.cuda.cudnn_sdp_enabled() == before  # torch's own choice
+
+
+class _Ops(TorchDispatchMode):
+    """Records the aten operations run; whether any indexed with a boolean mask; and the
+    devices of tensors (not scalars) that operations were given off `device`."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = device
+        self.names: set[str] = set()
+        self.boolean_index = False
+        self.foreign: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.names.add(func.overloadpacket.__name__)
+        for arg in args:
+            group = arg if isinstance(arg, (list, tuple)) else [arg]
+            tensors = [a for a in group if isinstance(a, torch.Tensor)]
+            if isinstance(arg, (list, tuple)) and any(a.dtype == torch.bool for a in tensors):
+                self.boolean_index = True
+            self.foreign |= {
+                f"{func.overloadpacket.__name__}: {a.device}"
+                for a in tensors
+                if a.device.type != self.device and a.dim() > 0
+            }
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_step_and_a_score_make_every_tensor_on_the_weights_device(engine: LocalEngine) -> None:
+    # The meta device stands in for CUDA: a tensor made on the CPU by default (an index, a
+    # position, a gate) and given to an operation with the weights' shows up here as it would
+    # there, where it would fail or, under capture, be a copy from the host.
+    meta = copy.deepcopy(engine.model).to("meta")
+    static = _static(engine).decoder
+    assert isinstance(static, StaticDecoder)
+    decoder = StaticDecoder(
+        GraniteWeights.from_model(meta),
+        static.stepper,
+        pad_id=static.pad_id,
+        max_rows=4,
+        max_context=256,
+        graphs=True,
+    )
+    assert not decoder.use_graphs  # captured on CUDA only
+    w, on = decoder.weights, {"device": "meta"}
+    gate = torch.ones((4, 1, 1), **on)
+    with torch.inference_mode(), _Ops("meta") as ops:
+        step = granite.decode_step(
+            w,
+            torch.ones(4, dtype=torch.long, **on),
+            torch.ones(4, dtype=torch.long, **on),
+            gate,
+            decoder.kv,
+            256,
+        )
+        hidden = granite.prefill(
+            w, torch.ones((4, 9), dtype=torch.long, **on), gate, decoder.kv, torch.arange(4, **on)
+        )
+        granite.logits(w, hidden[:, -1], torch.arange(3, **on))
+    assert not ops.foreign
+    assert (step.device.type, step.dtype, step.shape[0]) == ("meta", torch.float32, 4)
+    # and the decoder's own plumbing around them: inputs copied in, the rows' last positions
+    step = decoder._run(4, 256, [5, 6, 7, 0], [3, 9, 1, 0], [True, False, True, False])
+    assert step.device.type == "meta"
+    digits = torch.tensor([1, 2, 3], **on)
+    score = decoder.last_logits([[1, 2, 3], [4, 5]], adapter=True, token_ids=digits)
+    assert (score.device.type, tuple(score.shape)) == ("meta", (2, 3))
+
+
+HOST_SYNCS = {
+    "_local_scalar_dense",  # .item(), .tolist(), int(tensor), `if tensor`
+    "nonzero",
+    "masked_select",
+    "repeat_interleave",
+    "_unique2",
+    "unique_consecutive",
+    "lift_fresh",  # torch.tensor(python data)
+    "lift_fresh_copy",
+    "equal",
+    "is_nonzero",
+}
+
+
+def test_the_captured_step_runs_no_operation_that_waits_for_the_device(static: LocalEngine) -> None:
+    # What a CUDA graph cannot capture: a copy to the host, a shape read from data, a tensor
+    # made from Python data. (On the CPU attention runs its CPU kernel; the rest is the same.)
+    decoder = static.decoder
+    assert isinstance(decoder, StaticDecoder)
+    ids = torch.tensor([5, 6, 7, decoder.pad_id])
+    positions = torch.tensor([3, 9, 1, 0])
+    gate = torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None, None]
+    with torch.inference_mode(), _Ops("cpu") as ops:
+        granite.decode_step(decoder.weights, ids, positions, gate, decoder.kv, 256)
+    assert "index_put_" in ops.names  # the recording sees the step's own operations
+    assert not ops.names & HOST_SYNCS
+    assert not ops.boolean_index
