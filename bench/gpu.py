@@ -26,11 +26,13 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,9 @@ from throughput import QUESTIONS, decode_steps, measure
 
 RESULT_TAG = "GPU-BENCH "
 DECODERS = ("graphs", "eager")
+CHILDREN = {"graphs": 0.4, "eager": 0.6, "seed_generate": 0.4, "memory_engine": 0.5}
+"""Each child's share of the time left when it starts (`--budget-s`); the last one gets the rest."""
+MIN_CHILD_S = 20.0
 
 
 def load(model_dir: Path, args: argparse.Namespace, decoder: str) -> Any:
@@ -75,38 +80,72 @@ def timed(run: Any, runs: int) -> float:
 
 
 def child_decoder(model_dir: Path, args: argparse.Namespace, decoder: str) -> dict[str, Any]:
-    """Step, score and throughput figures of one decoder."""
-    started = time.perf_counter()
-    engine = load(model_dir, args, decoder)
-    load_s = time.perf_counter() - started
-    graphs = bool(getattr(engine.decoder, "use_graphs", False))
-    steps = decode_steps(engine, list(args.clients))
-    prompt = certainty_prompt(engine, args.prompt_tokens)
-    score_s = timed(lambda: engine.score_logits([prompt]), args.runs)
-    throughput = {}
-    for clients in args.clients:
-        total = max(clients * args.per_client, args.min_requests)
-        result = measure(engine, "batched", clients, total, args)
-        throughput[clients] = {
-            "rps": result.requests_per_s,
-            "tps": result.tokens_per_s,
-            "p50": statistics.median(result.latencies),
-        }
+    """Parity, step, score and throughput figures of one decoder. A part that fails is named
+    in `errors` and the next one runs; the result so far is printed after each part, so a
+    child stopped by the time budget still reports what it measured."""
     import torch
 
-    return {
-        **parity(engine, args.prompt_tokens),
+    started = time.perf_counter()
+    try:
+        engine = load(model_dir, args, decoder)
+    except Exception as exc:
+        traceback.print_exc()
+        return {"errors": {"load": error_line(exc)}}
+    static = engine.decoder
+    result: dict[str, Any] = {
+        "load_s": time.perf_counter() - started,
         "device": torch.cuda.get_device_name() if engine.device.type == "cuda" else "cpu",
-        "decoder": type(engine.decoder).__name__,
-        "graphs": graphs,
-        "load_s": load_s,
-        "step_s": {rows: step for rows, (_prefill, step) in steps.items()},
-        "score_s": score_s,
-        "prompt_tokens": len(prompt),
-        "throughput": throughput,
-        "replayed": getattr(engine.decoder, "steps_replayed", 0),
-        "eager_steps": getattr(engine.decoder, "steps_eager", 0),
+        "decoder": type(static).__name__,
+        "graphs": bool(getattr(static, "use_graphs", False)),
+        "graphs_captured": len(getattr(static, "graphs", {})),
+        "shapes": len(getattr(static, "batch_buckets", ()))
+        * len(getattr(static, "context_buckets", ())),
+        "capture_error": getattr(static, "capture_error", None),
     }
+    emit(result)
+
+    def steps() -> dict[str, Any]:
+        timings = decode_steps(engine, list(args.clients))
+        return {"step_s": {rows: step for rows, (_prefill, step) in timings.items()}}
+
+    def score() -> dict[str, Any]:
+        prompt = certainty_prompt(engine, args.prompt_tokens)
+        score_s = timed(lambda: engine.score_logits([prompt]), args.runs)
+        return {"score_s": score_s, "prompt_tokens": len(prompt)}
+
+    def throughput(clients: int) -> dict[str, Any]:
+        total = max(clients * args.per_client, args.min_requests)
+        run = measure(engine, "batched", clients, total, args)
+        figures = {
+            "rps": run.requests_per_s,
+            "tps": run.tokens_per_s,
+            "p50": statistics.median(run.latencies),
+        }
+        return {"throughput": {**result.get("throughput", {}), clients: figures}}
+
+    parts = [("parity", lambda: parity(engine, args.prompt_tokens)), ("steps", steps)]
+    parts += [("score", score)]
+    parts += [(f"throughput {c}", lambda c=c: throughput(c)) for c in args.clients]
+    for name, part in parts:
+        try:
+            result.update(part())
+        except Exception as exc:  # the next part still runs; the report names this one
+            traceback.print_exc()
+            result.setdefault("errors", {})[name] = error_line(exc)
+        result["replayed"] = getattr(static, "steps_replayed", 0)
+        result["eager_steps"] = getattr(static, "steps_eager", 0)
+        result["graphs_left"] = len(getattr(static, "graphs", {}))
+        emit(result)
+    return result
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def error_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:160] if lines else ''}"
 
 
 def parity(engine: Any, prompt_tokens: int) -> dict[str, Any]:
@@ -208,16 +247,29 @@ def pss() -> dict[str, float]:
     return {}
 
 
-def spawn(kind: str, model_dir: Path, argv: list[str]) -> dict[str, Any]:
+def spawn(kind: str, model_dir: Path, argv: list[str], timeout: float | None) -> dict[str, Any]:
+    """The last result a child printed; `incomplete` when it then failed, ran out of its time
+    or was stopped (its output goes to files, so what it printed survives either)."""
     command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", kind]
     command += ["--model-dir", str(model_dir)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            result: dict[str, Any] = json.loads(line[len(RESULT_TAG) :])
-            return result
-    sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-    return {"failed": f"exit {done.returncode}"}
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        try:
+            done = subprocess.run(command, stdout=out_file, stderr=err_file, timeout=timeout)
+            ended, ok = f"exit {done.returncode}", done.returncode == 0
+        except subprocess.TimeoutExpired:
+            ended, ok = f"stopped after {timeout:.0f} s, its share of --budget-s", False
+        except Stopped as exc:  # the child was killed; keep what it printed
+            ended, ok = str(exc), False
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
+    if not ok:
+        sys.stderr.write(f"--- {kind}: {ended}\n{out[-1500:]}{err[-2500:]}\n")
+    lines = [line for line in out.splitlines() if line.startswith(RESULT_TAG)]
+    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_TAG) :]) if lines else {}
+    if not ok:
+        result["incomplete" if lines else "failed"] = ended
+    return result
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> list[str]:
@@ -232,9 +284,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> list
         f"model: GraniteMoeHybrid, {args.layers} layers (real: 40), hidden {HIDDEN}, heads "
         f"{HEADS}/{KV_HEADS} kv, vocab {VOCAB}, random weights, dtype {args.dtype}; "
         f"static cache {max(args.clients)} rows x {args.max_context} tokens",
-        f"decoders: graphs = {graphs.get('decoder', '?')} (graphs used: "
-        f"{graphs.get('graphs', '?')}, {graphs.get('replayed', 0)} steps replayed, "
-        f"{graphs.get('eager_steps', 0)} eager), eager = {eager.get('decoder', '?')}",
+        f"decoders: graphs = {graphs.get('decoder', '?')} (CUDA graphs: "
+        f"{graphs.get('graphs_captured', '?')} of {graphs.get('shapes', '?')} shapes captured, "
+        f"{graphs.get('graphs_left', '?')} left at the end; {graphs.get('replayed', 0)} steps "
+        f"replayed, {graphs.get('eager_steps', 0)} eager), eager = {eager.get('decoder', '?')}",
         "",
         f"{'figure':<52}{'graphs':>10}{'eager':>10}{'eager/graphs':>14}",
     ]
@@ -299,9 +352,19 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> list
     ]
     if engine_mib and seed_mib:
         lines.append(f"  ratio engine / seed: {engine_mib / seed_mib:.2f}")
-    for name in ("graphs", "eager", "seed_generate"):
-        if "failed" in results.get(name, {}):
-            lines.append(f"{name}: the child process failed ({results[name]['failed']})")
+    if graphs.get("capture_error"):
+        lines.append(f"graphs: capture failed, later shapes eager: {graphs['capture_error']}")
+    named = {**results, **{f"memory {k}": v for k, v in memory.items()}}
+    for name, result in named.items():
+        if not isinstance(result, dict):
+            continue
+        for key in ("failed", "incomplete"):
+            if key in result:
+                lines.append(f"{name}: the child process {key}: {result[key]}")
+        for part, error in result.get("errors", {}).items():
+            lines.append(f"{name}: {part} failed: {error}")
+    if STOPPED:
+        lines.append(f"the run was {STOPPED[0]}; the figures above are what had finished")
     return lines
 
 
@@ -323,10 +386,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-dir", default=None, help="reuse (or create) the model here")
     parser.add_argument("--quick", action="store_true", help="skip the memory children")
+    parser.add_argument(
+        "--budget-s", type=float, default=0.0, help="stop children past this many seconds (0: none)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.max_batch_size = max(args.clients)  # what `throughput.measure` batches to
     return args
+
+
+class Stopped(Exception):
+    """The run was told to stop (SIGTERM, e.g. from `timeout`): report what is done."""
+
+
+STOPPED: list[str] = []
+
+
+def stop(signum: int, _frame: Any) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # once: the report is printed next
+    STOPPED.append(f"stopped by signal {signum}")
+    raise Stopped(STOPPED[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,35 +422,57 @@ def main(argv: list[str] | None = None) -> int:
             result = child_seed_generate(model_dir, args)
         else:
             result = child_memory(model_dir, args, args.child.removeprefix("memory_"))
-        print(RESULT_TAG + json.dumps(result), flush=True)
+        emit(result)
         return 0
+    signal.signal(signal.SIGTERM, stop)
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
     temporary = args.model_dir is None
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="bench-gpu-"))
     forwarded = [a for a in argv if a not in ("--quick",)]
     if "--model-dir" in forwarded:
         at = forwarded.index("--model-dir")
         del forwarded[at : at + 2]
+    children = [*DECODERS, "seed_generate"]
+    if not args.quick:
+        children += ["memory_engine", "memory_seed"]
     results: dict[str, Any] = {}
     try:
         # Everything that imports torch runs in a child: on Linux a child's peak RSS starts
         # at its parent's.
         if not (model_dir / "adapter" / "adapter_config.json").exists():
             print(f"building the model ({args.layers} layers) in {model_dir} ...", flush=True)
-            spawn("build", model_dir, forwarded)
-        for name in (*DECODERS, "seed_generate"):
+            started = time.monotonic()
+            built = spawn("build", model_dir, forwarded, left(deadline))
+            print(f"  built in {time.monotonic() - started:.0f} s {built or ''}", flush=True)
+        for name in children:
+            remaining = left(deadline)
+            if STOPPED:
+                break
+            if remaining is not None and remaining < MIN_CHILD_S:
+                results[name] = {"failed": "skipped: no time left in --budget-s"}
+                continue
+            timeout = None if remaining is None else remaining * CHILDREN.get(name, 1.0)
             print(f"{name} ...", flush=True)
-            results[name] = spawn(name, model_dir, forwarded)
-        if not args.quick:
-            results["memory"] = {}
-            for kind in ("engine", "seed"):
-                print(f"memory: {kind} ...", flush=True)
-                results["memory"][kind] = spawn(f"memory_{kind}", model_dir, forwarded)
+            started = time.monotonic()
+            results[name] = spawn(name, model_dir, forwarded, timeout)
+            print(f"  {time.monotonic() - started:.0f} s: {json.dumps(results[name])}", flush=True)
+    except Stopped:
+        pass
     finally:
         if temporary:
             shutil.rmtree(model_dir, ignore_errors=True)
+    results["memory"] = {
+        kind: results.pop(f"memory_{kind}")
+        for kind in ("engine", "seed")
+        if f"memory_{kind}" in results
+    }
     print()
     print("\n".join(report(args, json.loads(json.dumps(results)))))
     return 0
+
+
+def left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 if __name__ == "__main__":

@@ -17,13 +17,21 @@ Supported: Granite 4.0 Micro's shape (every layer attention, no experts, rope, S
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ADAPTER_NAME = "uncertainty"
+CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+"""The attention kernels these functions use on CUDA. Not cuDNN's, which torch puts first on
+Hopper: it builds a plan for each new shape (every prompt length), and its fused attention has
+had failures with masks and under graph capture. Prefill runs flash attention; the decoding
+step's mask rules flash out, so it runs the memory-efficient kernel (math where that does not
+apply), both accumulating in float32."""
 
 
 class Unsupported(ValueError):
@@ -144,7 +152,9 @@ class GraniteWeights:
             layers=tuple(layers),
             norm=inner.norm.weight,
             lm_head=causal.lm_head.weight,
-            inv_freq=rotary.inv_freq.float(),
+            # A non-persistent buffer: transformers' own rope moves it to the input's device
+            # at each call; these functions need it where the weights are, once.
+            inv_freq=rotary.inv_freq.to(inner.embed_tokens.weight.device, torch.float32),
             rope_scale=float(getattr(rotary, "attention_scaling", 1.0)),
             heads=heads,
             kv_heads=int(config.num_key_value_heads),
@@ -199,6 +209,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
+def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """`CUDA_ATTENTION` on a CUDA device; elsewhere torch's own choice."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel(CUDA_ATTENTION)
+
+
 def _mlp(layer: Layer, x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     first, second = layer.mlp_in(x, gate).chunk(2, dim=-1)
     return layer.mlp_out(F.silu(first) * second, gate)
@@ -220,22 +237,23 @@ def prefill(
     x = F.embedding(ids, w.embed) * w.embedding_multiplier
     positions = torch.arange(tokens, device=ids.device)
     cos, sin = rope(w, positions)  # (tokens, head_dim): broadcasts over rows and heads
-    for index, layer in enumerate(w.layers):
-        h = rms_norm(x, layer.input_norm, w.eps)
-        q = layer.q(h, gate).view(rows, tokens, w.heads, w.head_dim).transpose(1, 2)
-        k = layer.k(h, gate).view(rows, tokens, w.kv_heads, w.head_dim).transpose(1, 2)
-        v = layer.v(h, gate).view(rows, tokens, w.kv_heads, w.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        if kv is not None:
-            assert slots is not None
-            kv.keys[index][slots, :, :tokens] = k
-            kv.values[index][slots, :, :tokens] = v
-        attn = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=w.attention_multiplier, enable_gqa=True
-        )
-        attn = attn.transpose(1, 2).reshape(rows, tokens, w.heads * w.head_dim)
-        x = x + layer.o(attn, gate) * w.residual_multiplier
-        x = x + _mlp(layer, rms_norm(x, layer.post_norm, w.eps), gate) * w.residual_multiplier
+    with attention_kernels(ids.device):
+        for index, layer in enumerate(w.layers):
+            h = rms_norm(x, layer.input_norm, w.eps)
+            q = layer.q(h, gate).view(rows, tokens, w.heads, w.head_dim).transpose(1, 2)
+            k = layer.k(h, gate).view(rows, tokens, w.kv_heads, w.head_dim).transpose(1, 2)
+            v = layer.v(h, gate).view(rows, tokens, w.kv_heads, w.head_dim).transpose(1, 2)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            if kv is not None:
+                assert slots is not None
+                kv.keys[index][slots, :, :tokens] = k
+                kv.values[index][slots, :, :tokens] = v
+            attn = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=w.attention_multiplier, enable_gqa=True
+            )
+            attn = attn.transpose(1, 2).reshape(rows, tokens, w.heads * w.head_dim)
+            x = x + layer.o(attn, gate) * w.residual_multiplier
+            x = x + _mlp(layer, rms_norm(x, layer.post_norm, w.eps), gate) * w.residual_multiplier
     return rms_norm(x, w.norm, w.eps)
 
 
@@ -270,26 +288,27 @@ def decode_step(
     slot = torch.arange(rows, device=ids.device)
     visible = torch.arange(context, device=ids.device)[None, :] <= positions[:, None]
     mask = visible[:, None, None, :]  # (rows, 1, 1, context)
-    for index, layer in enumerate(w.layers):
-        h = rms_norm(x, layer.input_norm, w.eps)
-        q = layer.q(h, gate).view(rows, 1, w.heads, w.head_dim).transpose(1, 2)
-        k = layer.k(h, gate).view(rows, 1, w.kv_heads, w.head_dim).transpose(1, 2)
-        v = layer.v(h, gate).view(rows, 1, w.kv_heads, w.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        keys, values = kv.keys[index], kv.values[index]
-        keys[slot, :, positions] = k[:, :, 0]
-        values[slot, :, positions] = v[:, :, 0]
-        # The `group` query heads that share a key/value head are that head's query "tokens":
-        # grouped-query attention for one token, without repeating keys and values.
-        grouped = q.reshape(rows, w.kv_heads, group, w.head_dim)
-        attn = F.scaled_dot_product_attention(
-            grouped,
-            keys[:rows, :, :context],
-            values[:rows, :, :context],
-            attn_mask=mask,
-            scale=w.attention_multiplier,
-        )
-        attn = attn.reshape(rows, 1, w.heads * w.head_dim)
-        x = x + layer.o(attn, gate) * w.residual_multiplier
-        x = x + _mlp(layer, rms_norm(x, layer.post_norm, w.eps), gate) * w.residual_multiplier
+    with attention_kernels(ids.device):
+        for index, layer in enumerate(w.layers):
+            h = rms_norm(x, layer.input_norm, w.eps)
+            q = layer.q(h, gate).view(rows, 1, w.heads, w.head_dim).transpose(1, 2)
+            k = layer.k(h, gate).view(rows, 1, w.kv_heads, w.head_dim).transpose(1, 2)
+            v = layer.v(h, gate).view(rows, 1, w.kv_heads, w.head_dim).transpose(1, 2)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            keys, values = kv.keys[index], kv.values[index]
+            keys[slot, :, positions] = k[:, :, 0]
+            values[slot, :, positions] = v[:, :, 0]
+            # The `group` query heads that share a key/value head are that head's query "tokens":
+            # grouped-query attention for one token, without repeating keys and values.
+            grouped = q.reshape(rows, w.kv_heads, group, w.head_dim)
+            attn = F.scaled_dot_product_attention(
+                grouped,
+                keys[:rows, :, :context],
+                values[:rows, :, :context],
+                attn_mask=mask,
+                scale=w.attention_multiplier,
+            )
+            attn = attn.reshape(rows, 1, w.heads * w.head_dim)
+            x = x + layer.o(attn, gate) * w.residual_multiplier
+            x = x + _mlp(layer, rms_norm(x, layer.post_norm, w.eps), gate) * w.residual_multiplier
     return logits(w, rms_norm(x[:, 0], w.norm, w.eps))

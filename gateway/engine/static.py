@@ -7,7 +7,8 @@ slots (the smallest of `batch_buckets` that holds every row; the spare slots com
 token) attending to a *context bucket* (the smallest of `context_buckets` past every row's
 position), so each step has one of a few fixed shapes. On CUDA each shape is captured once at
 start-up as a CUDA graph and replayed: one launch instead of ~20 kernels per layer from Python.
-A replay that fails falls back to the same step run eagerly, with one warning line.
+A capture that fails leaves that shape and the ones after it eager, and a replay that fails
+drops its graph and runs the step eagerly: either way one warning line, and decoding goes on.
 
 Prefill (the prompt, and the one-pass certainty score) runs eagerly through the same functions:
 it is a few large matrix products, where launches are a small part of the time.
@@ -100,6 +101,7 @@ class StaticDecoder:
         self.use_graphs = graphs and self.device.type == "cuda"
         self.steps_replayed = 0
         self.steps_eager = 0
+        self.capture_error: str | None = None
         if self.use_graphs:
             self.capture()
 
@@ -107,13 +109,22 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """One CUDA graph per (batch bucket, context bucket), sharing one memory pool."""
+        """One CUDA graph per (batch bucket, context bucket), sharing one memory pool. The
+        first capture that fails ends capturing: its shape and the ones after it run eagerly."""
         begun = time.perf_counter()
         pool = None
         for rows in self.batch_buckets:
             started = time.perf_counter()
             for context in self.context_buckets:
-                captured = self._capture(rows, context, pool)
+                try:
+                    captured = self._capture(rows, context, pool)
+                except Exception as exc:  # an op that cannot be captured, out of memory, ...
+                    self.capture_error = f"{type(exc).__name__}: {_first_line(exc)}"
+                    log.warning(
+                        "CUDA graph capture failed; this and later shapes run eagerly",
+                        extra={"rows": rows, "context": context, "error": self.capture_error},
+                    )
+                    return
                 pool = captured.graph.pool()
                 self.graphs[(rows, context)] = captured
             log.info(
@@ -134,15 +145,20 @@ class StaticDecoder:
         ids = torch.full((rows,), self.pad_id, dtype=torch.long, device=self.device)
         positions = torch.zeros(rows, dtype=torch.long, device=self.device)
         gate = torch.zeros((rows, 1, 1), dtype=torch.float32, device=self.device)
+        current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-        side.wait_stream(torch.cuda.current_stream(self.device))
+        side.wait_stream(current)
         with torch.cuda.stream(side):  # warm-up: allocations and kernel choices before capture
             for _ in range(2):
                 granite.decode_step(w, ids, positions, gate, self.kv, context)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            logits = granite.decode_step(w, ids, positions, gate, self.kv, context)
+        try:
+            with torch.cuda.graph(graph, pool=pool):
+                logits = granite.decode_step(w, ids, positions, gate, self.kv, context)
+        finally:
+            # A capture whose end fails never leaves its capture stream: leave it here.
+            torch.cuda.set_stream(current)
         return _Graph(graph, ids, positions, gate, logits)
 
     # ----------------------------------------------------------------- scoring
@@ -241,10 +257,15 @@ class StaticDecoder:
                 graph.graph.replay()
                 self.steps_replayed += 1
                 return graph.logits
-            except RuntimeError as exc:  # out of memory, a broken graph: this step runs eagerly
+            except Exception as exc:  # a broken graph: dropped, its steps run eagerly from now
+                del self.graphs[(rows, context)]
                 log.warning(
-                    "CUDA graph replay failed; running this step eagerly",
-                    extra={"rows": rows, "context": context, "error": type(exc).__name__},
+                    "CUDA graph replay failed; this shape runs eagerly from now on",
+                    extra={
+                        "rows": rows,
+                        "context": context,
+                        "error": f"{type(exc).__name__}: {_first_line(exc)}",
+                    },
                 )
         self.steps_eager += 1
         return granite.decode_step(
@@ -282,6 +303,12 @@ class StaticDecoder:
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         lengths = torch.tensor([len(r) for r in rows])
         return ids.to(self.device), lengths.to(self.device)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message (CUDA's run to several), at most 200 characters."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def _check_fits(
