@@ -13,8 +13,9 @@ the parser sees a byte:
   (or, when not a byte came, a silent close) and the connection closed. A client sending a byte a
   second holds its connection no longer.
 * **body timeout** (`server.body_timeout_s`): the body must be complete within this time of its
-  head; else 408 and the connection closed. (The app reads every body whole before it answers,
-  `gateway.api.middleware.BodyLimitMiddleware`, so nothing of a response has been sent by then.)
+  head (of the request starting, for one pipelined behind another); else 408 and the connection
+  closed. The app reads every body whole before it answers
+  (`gateway.api.middleware.BodyLimitMiddleware`), so nothing of its response has been sent then.
 * **connections** (`server.max_connections`): a connection opened while this many are open is
   answered 503 with `Retry-After` and closed at once, before anything is read. uvicorn's
   `limit_concurrency` only looks when a head is complete (half-sent heads are never counted)
@@ -88,6 +89,7 @@ class ConnectionGuard:
         idle, which is `keep_alive_s`'s business)."""
         self._cancel_timer()
         self._waiting = True
+        self._body_due = False  # answered: whatever of its body still comes counts as head
         self._received = 0
         if now:
             self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
@@ -241,7 +243,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.guard.received(data):
             super().data_received(data)
-            self.guard.fed()
+            if not self.pipeline:  # a queued request's body is not read until its turn
+                self.guard.fed()
 
     def on_headers_complete(self) -> None:
         self.guard.head_done()
@@ -255,6 +258,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if not self.transport.is_closing() and self.cycle.response_complete:
             self.guard.head_due(now=False)  # nothing pipelined runs: the next head is due
+        elif not self.pipeline:  # the last pipelined request runs: its body's time starts
+            self.guard.fed()
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -288,6 +293,7 @@ class GuardedH11Protocol(H11Protocol):
             self.guard.head_done()
         if cycle is not None and not cycle.more_body:  # and its body (no-op once said)
             self.guard.message_done()
+        self.guard.fed()  # also for a pipelined head, read here after the response before it
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
