@@ -205,9 +205,12 @@ class ServerSettings(_Section):
     max_connections: int = Field(default=1000, gt=0)
     keep_alive_s: int = Field(default=5, gt=0)
     # Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` name the client (a load balancer's
-    # address or network, "*" for any; comma-separated in the environment): the client address
-    # is what failed logins are counted by. Requests from any other peer are taken as they come.
-    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1"])
+    # address or network, or "*" alone for any; comma-separated in the environment): the client
+    # address is what failed logins are counted by. Requests from any other peer are taken as
+    # they come. (uvicorn's own FORWARDED_ALLOW_IPS is not read: this is its setting.)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"]
+    )
     # /docs, /redoc and /openapi.json
     docs: bool = True
 
@@ -221,11 +224,13 @@ class ServerSettings(_Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _addresses(cls, proxies: list[str]) -> list[str]:
+        if "*" in proxies and len(proxies) > 1:
+            raise ValueError("'*' (any peer) stands alone, without addresses or networks")
         for proxy in proxies:
             if proxy == "*":
                 continue
-            try:
-                ipaddress.ip_network(proxy, strict=False)
+            try:  # strictly, as uvicorn reads it: a network with host bits would match nothing
+                ipaddress.ip_network(proxy)
             except ValueError:
                 raise ValueError(
                     f"{proxy!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/8, *)"

@@ -76,12 +76,20 @@ def test_served_by_names_the_model_not_a_path(model: dict[str, str], shown: str)
     assert source_from_settings(settings).name == shown
 
 
-def test_a_trusted_proxy_that_is_not_an_address_stops_start_up_naming_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("proxies", "said"),
+    [
+        (["10.0.0.0/8", "nginx"], "'nginx' is not an IP address or network"),
+        (["10.0.0.5/8"], "'10.0.0.5/8' is not an IP address or network"),  # host bits: no match
+        (["10.0.0.1", "*"], "'*' (any peer) stands alone"),  # uvicorn would drop the '*'
+    ],
+)
+def test_trusted_proxies_uvicorn_would_not_match_stop_start_up_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], proxies: list[str], said: str
 ) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump({"server": {"trusted_proxies": ["10.0.0.0/8", "nginx"]}}))
+    config.write_text(yaml.safe_dump({"server": {"trusted_proxies": proxies}}))
     assert main(["serve", "--port", "0", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "server.trusted_proxies" in err
-    assert "'nginx' is not an IP address or network" in err
+    assert said in err

@@ -200,8 +200,10 @@ def test_the_vllm_replicas_trust_exactly_the_balancers_fixed_address() -> None:
     compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.vllm.yml").read_text())
     services = compose["services"]
     balancer = services["lb"]["networks"]["default"]["ipv4_address"]
-    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
-    assert ipaddress.ip_address(balancer) in ipaddress.ip_network(subnet)
+    (network,) = compose["networks"]["default"]["ipam"]["config"]
+    assert ipaddress.ip_address(balancer) in ipaddress.ip_network(network["subnet"])
+    # the range Docker hands out to the other containers leaves the balancer's address free
+    assert ipaddress.ip_address(balancer) not in ipaddress.ip_network(network["ip_range"])
     trusted = services["gateway"]["environment"]["GATEWAY_SERVER__TRUSTED_PROXIES"]
     environment = {"GATEWAY_SERVER__TRUSTED_PROXIES": trusted}
     with mock.patch.dict(os.environ, environment):

@@ -102,20 +102,15 @@ class StatsRecorder:
         self,
         completion: Completion,
         stages: Mapping[str, float] | None,
-        inp: CompletionInput | None = None,
+        inp: CompletionInput,
     ) -> None:
         """Count one decision (`stages`: seconds per stage, None for a cache hit) served for `inp`
         (its tenant; the conversation, for the audit)."""
-        key = (completion.policy, (inp.tenant if inp is not None else None) or "")
+        key = (completion.policy, inp.tenant or "")
         price = self._price(completion.policy)
         self._add(self._cell(key), completion, stages, price)
         auditor = self.auditor
-        if (
-            auditor is not None
-            and inp is not None
-            and not completion.cached
-            and completion.action is Action.RETURN
-        ):
+        if auditor is not None and not completion.cached and completion.action is Action.RETURN:
             auditor.offer(inp, completion)
 
     @staticmethod

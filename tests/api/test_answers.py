@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import orjson
+import pytest
 
 from gateway.api.wire import Answers, answer_fields, completion_headers
-from gateway.certainty import Certainty
+from gateway.certainty import Certainty, Unscored
 from gateway.completion import Completion, Usage
 from gateway.policy import Action
 
@@ -97,3 +99,26 @@ def test_the_least_recently_served_rendering_is_dropped_first() -> None:
     assert len(answers) == 2
     assert answers.answer(kept)[1] is kept_headers
     assert answers.answer(dropped)[1] is not dropped_headers  # rendered anew
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        decision('quotes " \\ control \x01 line\u2028sep emoji \U0001f600 ' + "x" * 5000),
+        dataclasses.replace(
+            decision(cached=False),
+            certainty=Unscored(reply="not a digit", mode="logits"),
+            action=Action.ESCALATE,
+            served_by="large-model-v1",
+            escalation_cost=0.0,
+            escalation_error="",
+        ),
+    ],
+)
+def test_the_body_is_byte_for_byte_the_whole_answer_serialized_at_once(
+    completion: Completion,
+) -> None:
+    body, _ = Answers().answer(completion)
+    head = orjson.loads(body)
+    whole = {"id": head["id"], "object": "chat.completion", "created": head["created"]}
+    assert body == orjson.dumps({**whole, **answer_fields(completion)})

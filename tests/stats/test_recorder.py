@@ -34,6 +34,12 @@ class Clock:
         return self.now
 
 
+GUARD = CompletionInput(
+    policy="guard", request=ChatRequest(messages=(Message(role="user", content="Hi"),))
+)
+"""A request to `guard` without an API key."""
+
+
 def completion(
     policy: str,
     action: Action,
@@ -123,11 +129,11 @@ def test_recorder_counts_actions_confidences_hits_and_stages_per_policy_and_tena
 def test_windows_drop_old_minutes_but_since_start_keeps_them(store: PolicyStore) -> None:
     clock = Clock()
     recorder = StatsRecorder(store, Prices(MODEL_LIST), clock=clock)
-    recorder.record(completion("guard", Action.RETURN, 0.9), None)
+    recorder.record(completion("guard", Action.RETURN, 0.9), None, GUARD)
     clock.now += 10 * 60
-    recorder.record(completion("guard", Action.RETURN, 0.9), None)
+    recorder.record(completion("guard", Action.RETURN, 0.9), None, GUARD)
     clock.now += 2 * 3600  # the first two minutes are folded into the archive now
-    recorder.record(completion("guard", Action.WITHHOLD, 0.1), None)
+    recorder.record(completion("guard", Action.WITHHOLD, 0.1), None, GUARD)
     assert recorder.local("5m")[("guard", "")].requests == 1
     assert recorder.local("1h")[("guard", "")].requests == 1
     assert recorder.local("all")[("guard", "")].requests == 3

@@ -13,7 +13,7 @@ from gateway.stats.prices import Prices
 from gateway.stats.recorder import StatsRecorder
 from gateway.stats.shared import RedisStats
 from tests.servers import RedisServer
-from tests.stats.test_recorder import completion
+from tests.stats.test_recorder import GUARD, completion
 
 
 @pytest.fixture
@@ -38,9 +38,9 @@ def test_replicas_see_the_sum_of_their_traffic_and_their_own_without_redis(
     async def scenario() -> None:
         one, two = replica(store, redis_server), replica(store, redis_server)
         for _ in range(3):
-            one.record(completion("guard", Action.RETURN, 0.9), {"generate": 0.05})
+            one.record(completion("guard", Action.RETURN, 0.9), {"generate": 0.05}, GUARD)
         for _ in range(2):
-            two.record(completion("guard", Action.WITHHOLD, 0.2), {"generate": 0.05})
+            two.record(completion("guard", Action.WITHHOLD, 0.2), {"generate": 0.05}, GUARD)
         await two.flush()
         for window in ("5m", "1h", "all"):
             view = await one.view(window)  # type: ignore[arg-type]
@@ -50,7 +50,7 @@ def test_replicas_see_the_sum_of_their_traffic_and_their_own_without_redis(
             assert cell.actions == [3, 2, 0]
             assert sum(cell.latency["generate"]) == 5
         redis_server.kill()
-        one.record(completion("guard", Action.RETURN, 0.9), None)
+        one.record(completion("guard", Action.RETURN, 0.9), None, GUARD)
         alone = await one.view("5m")
         assert not alone.aggregated
         assert alone.reason is not None
@@ -69,7 +69,7 @@ def test_a_failed_flush_keeps_the_counts_for_the_next(
     async def scenario() -> None:
         one = replica(store, redis_server)
         redis_server.kill()
-        one.record(completion("guard", Action.RETURN, 0.9), None)
+        one.record(completion("guard", Action.RETURN, 0.9), None, GUARD)
         assert not (await one.view("5m")).aggregated  # the flush was refused
         redis_server.start()
         # the breaker has seen one failure only: the next flush goes through
@@ -89,7 +89,7 @@ def test_each_count_reaches_redis_once_across_flushes(
         one = replica(store, redis_server)
         for flushes in range(3):  # counts before each flush, and the same cell again after
             for _ in range(2):
-                one.record(completion("guard", Action.RETURN, 0.9), {"generate": 0.05})
+                one.record(completion("guard", Action.RETURN, 0.9), {"generate": 0.05}, GUARD)
             await one.flush()
             await one.flush()  # nothing new: adds nothing
             cell = (await one.view("5m")).cells[("guard", "")]
