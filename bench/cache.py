@@ -13,6 +13,9 @@ the first request every answer is a cache hit and no model work is timed.
 `--stats-cost` adds, on the judged stack, the two gateways again with the dashboard's counters
 off (`stats.enabled: false`), in the same rounds: what the counters cost a cache hit.
 
+`--log-cost` adds, on the judged stack, the Redis gateway again without its access log line
+(`server.access_log: false`): what the line costs a cache hit.
+
 `--floor` adds, on the judged stack, a floor: what a Redis hit costs with nothing but its own
 parts (the body parsed and the key made once per distinct body, the Redis read, the decision
 decoded once per distinct entry, the response built), with and without the access log line; no
@@ -20,6 +23,7 @@ API key, rate limit, request id, body limit, disconnect watch, metrics or FastAP
 gateway anyone should run: it shows how close to the bare app a hit can come at all.
 
     python bench/cache.py [--seconds 10] [--connections 32] [--rounds 3] [--floor] [--stats-cost]
+                          [--log-cost]
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ REDIS = "gateway, Redis"
 FLOOR = "floor, Redis"
 FLOOR_NO_LOG = "floor, Redis, no log line"
 NO_STATS = ", no stats"
+NO_ACCESS_LOG = ", no access log"
 STACKS = {"uvloop + httptools": ("uvloop", "httptools"), "asyncio + h11": ("asyncio", "h11")}
 """uvicorn's event loop and HTTP parser: the first is what `serve` runs (and is judged), the
 second the pure-Python stack, where the server itself costs several times more per request."""
@@ -227,6 +232,9 @@ def main() -> None:
     parser.add_argument(
         "--stats-cost", action="store_true", help="add the gateways without stats (see above)"
     )
+    parser.add_argument(
+        "--log-cost", action="store_true", help="add the gateway without access log (see above)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -250,15 +258,21 @@ def main() -> None:
             # one round of each, not one server's only figure.
             with contextlib.ExitStack() as running:
                 urls = {BARE: start_uvicorn(running, "bare_app:app", work, loop, http, env)}
-                gateways = [(IN_PROCESS, False, True), (REDIS, True, True)]
+                off: dict[str, str] = {}  # the settings a row turns off
+                gateways = [(IN_PROCESS, False, off), (REDIS, True, off)]
                 if args.stats_cost and stack == JUDGED:
+                    no_stats = {"GATEWAY_STATS__ENABLED": "false"}
                     gateways += [
-                        (IN_PROCESS + NO_STATS, False, False),
-                        (REDIS + NO_STATS, True, False),
+                        (IN_PROCESS + NO_STATS, False, no_stats),
+                        (REDIS + NO_STATS, True, no_stats),
                     ]
-                for label, with_redis, stats in gateways:
+                if args.log_cost and stack == JUDGED:
+                    gateways += [
+                        (REDIS + NO_ACCESS_LOG, True, {"GATEWAY_SERVER__ACCESS_LOG": "false"})
+                    ]
+                for label, with_redis, settings in gateways:
                     run_env = {**env, "GATEWAY_SERVER__LOOP": loop, "GATEWAY_SERVER__HTTP": http}
-                    run_env["GATEWAY_STATS__ENABLED"] = "true" if stats else "false"
+                    run_env.update(settings)
                     if with_redis:
                         run_env["GATEWAY_CACHE__URL"] = running.enter_context(redis(work))
                     port = free_port()

@@ -193,6 +193,8 @@ class ServerSettings(_Section):
     # After SIGTERM: readiness fails at once; in-flight requests get this long to finish.
     drain_s: float = Field(default=30.0, ge=0)
     log_format: Literal["json", "text"] = "json"
+    # One log line per request; false leaves them at debug level (the request metrics remain).
+    access_log: bool = True
     # uvicorn's HTTP parser and event loop; "auto" takes httptools and uvloop (installed with
     # the gateway), the fastest; "h11" / "asyncio" are the pure-Python ones.
     http: Literal["auto", "httptools", "h11"] = "auto"

@@ -213,6 +213,19 @@ def test_logs_hold_no_key_and_no_prompt_by_default(
     assert access[0]["policy"] == "ask-large"
 
 
+def test_access_log_false_leaves_request_lines_at_debug_and_still_counts_requests(
+    make_client: Callable[..., TestClient], captured: io.StringIO
+) -> None:
+    client = make_client(server={"access_log": False})
+    assert chat(client).status_code == 200
+    assert chat(client, model="no-such-policy").status_code == 404
+    access = [line for line in lines_of(captured) if line["msg"] == "request"]
+    assert [line["level"] for line in access] == ["debug", "debug"]  # not at info: not written
+    metrics = client.get("/metrics").text
+    assert 'gateway_requests_total{policy="ask-large",status="200"} 1.0' in metrics
+    assert 'gateway_requests_total{policy="unknown",status="404"} 1.0' in metrics
+
+
 def test_log_content_true_logs_the_prompt_and_answer_but_never_the_key(
     make_client: Callable[..., TestClient], captured: io.StringIO
 ) -> None:

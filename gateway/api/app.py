@@ -74,8 +74,9 @@ def create_app(
             gc.freeze()
             yield
 
+    body_bytes, access_log = settings.limits.max_body_bytes, settings.server.access_log
     app = GatewayAPI(
-        edge(ChatEndpoint(settings.limits), max_body_bytes=settings.limits.max_body_bytes),
+        edge(ChatEndpoint(settings.limits), max_body_bytes=body_bytes, access_log=access_log),
         title="certainty-gateway",
         version=__version__,
         description="OpenAI-compatible gateway with calibrated certainty on every answer.",
@@ -87,7 +88,8 @@ def create_app(
     app.include_router(router)
     app.include_router(dashboard_router)
     _document(app, settings)
-    app.add_middleware(edge, max_body_bytes=settings.limits.max_body_bytes)  # as the chat route's
+    # the same edge as the chat route's
+    app.add_middleware(edge, max_body_bytes=body_bytes, access_log=access_log)
     return app
 
 

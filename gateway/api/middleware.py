@@ -3,9 +3,10 @@
 `RequestContextMiddleware`
     The request id: a sane incoming `x-request-id`, else a new one; it is on every log line of
     the request and on every response as `x-request-id`. One access log line per request (no
-    headers, no body), the `gateway_requests` count of chat requests by policy and status, the
-    in-flight count that draining waits for, and `connection: close` while draining. An exception
-    no handler took becomes the 500 envelope of `gateway.api.errors` here, so it carries the id.
+    headers, no body; at debug level with `server.access_log: false`), the `gateway_requests`
+    count of chat requests by policy and status, the in-flight count that draining waits for,
+    and `connection: close` while draining. An exception no handler took becomes the 500
+    envelope of `gateway.api.errors` here, so it carries the id.
 `BodyLimitMiddleware`
     Reads the whole body before the app sees it, at most `limits.max_body_bytes`: a larger
     `Content-Length`, or more bytes streamed than allowed, is a 413 before any parsing.
@@ -57,16 +58,17 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def edge(app: ASGIApp, *, max_body_bytes: int) -> ASGIApp:
+def edge(app: ASGIApp, *, max_body_bytes: int, access_log: bool = True) -> ASGIApp:
     """`app` behind the three layers this module describes, outermost first (also a middleware
     factory for `add_middleware`)."""
     inner = BodyLimitMiddleware(CancelOnDisconnectMiddleware(app), max_bytes=max_body_bytes)
-    return RequestContextMiddleware(inner)
+    return RequestContextMiddleware(inner, access_log=access_log)
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
+        self.access_level = logging.INFO if access_log else logging.DEBUG
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,9 +114,23 @@ class RequestContextMiddleware:
             self._record(scope, state, status or CLIENT_CLOSED, time.perf_counter() - started)
             logs.request_id.reset(token)
 
-    @staticmethod
-    def _record(scope: Scope, state: GatewayState | None, status: int, seconds: float) -> None:
+    def _record(
+        self, scope: Scope, state: GatewayState | None, status: int, seconds: float
+    ) -> None:
         context = request_context(scope)
+        policy: str | None = None
+        if scope["path"] == CHAT_PATH and scope["method"] == "POST":
+            policy = context.policy
+            if policy is not None and state is not None:
+                policy = policy if policy in state.policies.current.policies else "unknown"
+            policy = policy or "none"
+            if state is not None:
+                state.metrics.requests_of(policy, str(status)).inc()
+        # Probes, scrapes and refused authentications (logged in summary by the throttle).
+        quiet = scope["path"].startswith(_OPS_PREFIXES) or context.quiet_log
+        level = logging.DEBUG if quiet else self.access_level
+        if not log.isEnabledFor(level):
+            return
         fields: dict[str, Any] = {
             "method": scope["method"],
             "path": scope["path"],
@@ -123,16 +139,9 @@ class RequestContextMiddleware:
         }
         if context.tenant is not None:
             fields["key_id"] = context.tenant
-        if scope["path"] == CHAT_PATH and scope["method"] == "POST":
-            policy = context.policy
-            if policy is not None and state is not None:
-                policy = policy if policy in state.policies.current.policies else "unknown"
-            fields["policy"] = policy or "none"
-            if state is not None:
-                state.metrics.requests_of(fields["policy"], str(status)).inc()
-        # Probes, scrapes and refused authentications (logged in summary by the throttle).
-        quiet = scope["path"].startswith(_OPS_PREFIXES) or context.quiet_log
-        log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)
+        if policy is not None:
+            fields["policy"] = policy
+        log.log(level, "request", extra=fields)
 
 
 def _request(scope: Scope, receive: Receive) -> Any:
