@@ -307,12 +307,12 @@ def main() -> None:
         f"wrk -t2 (load generator on the same {os.cpu_count()}-core machine); "
         "'of bare': share of the bare app's req/s on the same server stack"
     )
-    header = f"{'server':28} {'stack (loop + http)':20} {'req/s':>9} {'of bare':>8}"
+    header = f"{'server':30} {'stack (loop + http)':20} {'req/s':>9} {'of bare':>8}"
     print(f"{header} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for (stack, label), r in results.items():
         share = r["rps"] / results[(stack, BARE)]["rps"]
         print(
-            f"{label:28} {stack:20} {r['rps']:>9.0f} {share:>8.0%} {r['p50']:>8.2f} "
+            f"{label:30} {stack:20} {r['rps']:>9.0f} {share:>8.0%} {r['p50']:>8.2f} "
             f"{r['p99']:>8.2f} {r['non2xx']:>8.0f}"
         )
     judged = JUDGED  # what `serve` runs by default
