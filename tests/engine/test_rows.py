@@ -1,0 +1,139 @@
+"""A decoding row's text, decoded a piece at a time: at every step the text of the whole answer,
+and stop strings found wherever they land (`gateway.engine.rows`)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from gateway.engine.local import LocalEngine
+from gateway.engine.rows import DecodeRow, RowStepper, decodes_by_pieces
+from gateway.types import SamplingParams
+
+TEXTS = [
+    "The capital of France is Paris. It has 2,165,423 people (2019).",
+    "Ünïcödé: naïve café, 東京は日本の首都です, emoji 😀👍🏽 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢!",
+    "  spaces   and\ttabs\nand new\n\nlines , . ; : ' \" ` ~",
+]
+
+
+def stepper(engine: LocalEngine, *, incremental: bool | None = None) -> RowStepper:
+    return RowStepper(engine.tokenizer, eos_id=-1, max_context=1_000_000, incremental=incremental)
+
+
+def row(max_tokens: int = 10_000, stop: tuple[str, ...] = ()) -> DecodeRow:
+    return DecodeRow(
+        prompt_ids=[1], sampling=SamplingParams(max_tokens=max_tokens, stop=stop), adapter=False
+    )
+
+
+def tokens_of(engine: LocalEngine, text: str) -> list[int]:
+    ids: list[int] = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def test_the_miniature_tokenizer_decodes_by_pieces(engine: LocalEngine) -> None:
+    assert decodes_by_pieces(engine.tokenizer)  # byte-level BPE, as Granite's
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_each_step_has_the_whole_answers_text(engine: LocalEngine, text: str) -> None:
+    ids = tokens_of(engine, text)
+    # Every character's bytes as tokens of their own, too: a character split over tokens.
+    single_bytes = [engine.tokenizer.convert_tokens_to_ids(t) for t in _byte_tokens(text)]
+    assert engine.tokenizer.decode(single_bytes) == text
+    ids += single_bytes
+    ids += [engine.tokenizer.convert_tokens_to_ids("<|start_of_role|>")]  # special: skipped
+    ids += tokens_of(engine, " and on.")
+    steps, decoding = stepper(engine), row()
+    assert steps.incremental
+    for count, token in enumerate(ids, start=1):
+        steps.advance(decoding, token)
+        expected = engine.tokenizer.decode(ids[:count], skip_special_tokens=True)
+        assert decoding.text == expected, count
+    assert decoding.settled == len(ids)  # it ends on a whole character
+
+
+def test_random_token_sequences_read_as_the_whole_decode(engine: LocalEngine) -> None:
+    chance = random.Random(7)
+    vocabulary = len(engine.tokenizer)
+    for _ in range(40):
+        ids = [chance.randrange(vocabulary) for _ in range(chance.randrange(1, 60))]
+        steps, decoding = stepper(engine), row()
+        for count, token in enumerate(ids, start=1):
+            steps.advance(decoding, token)
+            assert decoding.text == engine.tokenizer.decode(ids[:count], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+@pytest.mark.parametrize(
+    ("text", "stop", "kept"),
+    [
+        ("one two three four", ("three",), "one two "),
+        ("one two three four", ("four", "two"), "one "),  # the earlier of two
+        ("a long answer, then STOPPED at the end", ("STOP",), "a long answer, then "),
+        ("東京は日本の首都です", ("首都",), "東京は日本の"),
+        ("x" * 300 + "END" + "y" * 10, ("END",), "x" * 300),
+    ],
+)
+def test_a_stop_string_ends_the_text_wherever_it_lands(
+    engine: LocalEngine, incremental: bool, text: str, stop: tuple[str, ...], kept: str
+) -> None:
+    steps, decoding = stepper(engine, incremental=incremental), row(stop=stop)
+    streamed: list[str] = []
+    decoding.on_text = streamed.append
+    for token in tokens_of(engine, text):
+        steps.advance(decoding, token)
+        if decoding.finish_reason is not None:
+            break
+    assert decoding.finish_reason == "stop"
+    assert decoding.text == kept
+    assert "".join(streamed) == kept
+
+
+def test_a_stop_string_inside_one_long_token_run_is_found(engine: LocalEngine) -> None:
+    # All of it arrives in one step's new text, far from where the settled text ended.
+    steps, decoding = stepper(engine), row(stop=("END",))
+    steps.advance(decoding, tokens_of(engine, "start")[0])
+    for token in tokens_of(engine, " middle END and more"):
+        steps.advance(decoding, token)
+        if decoding.finish_reason is not None:
+            break
+    assert decoding.text.endswith("middle ")
+    assert "END" not in decoding.text
+
+
+def test_a_tokenizer_that_cleans_up_spaces_is_decoded_whole(engine: LocalEngine) -> None:
+    class CleansUp:
+        clean_up_tokenization_spaces = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(engine.tokenizer, name)
+
+    assert not decodes_by_pieces(CleansUp())
+    assert not RowStepper(CleansUp(), eos_id=-1, max_context=10).incremental
+
+
+def _byte_tokens(text: str) -> list[str]:
+    """The byte-level tokens of `text`'s bytes, one per byte."""
+    mapping = _bytes_to_unicode()
+    return [mapping[b] for b in text.encode()]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (what byte-level BPE tokens are made of)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
