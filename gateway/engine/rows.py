@@ -176,12 +176,14 @@ def emit(row: DecodeRow, *, final: bool) -> None:
 def decodes_by_pieces(tokenizer: object) -> bool:
     """Whether the text of tokens A + B is always that of A followed by that of B, when A's ends
     with a whole character: true of a byte-level BPE decoder (it joins the tokens' bytes and
-    reads them as UTF-8) without transformers' space clean-up ("a ." -> "a.")."""
-    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        return False
+    reads them as UTF-8), unless the tokenizer cleans up spaces ("a ." -> "a."), which a probe
+    shows (transformers 5 leaves them for BPE tokenizers even when asked to clean up)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    decoder = getattr(backend, "decoder", None)
-    return type(decoder).__name__ == "ByteLevel"
+    if type(getattr(backend, "decoder", None)).__name__ != "ByteLevel":
+        return False
+    probe = "a . b , c ? d ! e 's"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    return bool(tokenizer.decode(ids, skip_special_tokens=True) == probe)  # type: ignore[attr-defined]
 
 
 PAD_SLACK = 1.25
