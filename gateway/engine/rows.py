@@ -35,7 +35,8 @@ class DecodeRow:
     generated: list[int] = field(default_factory=list)
     text: str = ""
     settled: int = 0
-    """How many of `generated` make up `settled_text`: text whole characters end, kept."""
+    """How many of `generated` make up `settled_text`: text ending on a whole character, which
+    later tokens no longer change."""
     settled_text: str = ""
     emitted: int = 0
     finish_reason: FinishReason | None = None
