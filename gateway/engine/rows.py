@@ -81,25 +81,17 @@ class RowStepper:
             row.generator.manual_seed(seed if seed is not None else random.getrandbits(63))
 
     def pick_all(self, logits: torch.Tensor, rows: Sequence[DecodeRow]) -> list[int]:
-        """One token per row from `logits` (rows, vocabulary): the greedy rows in one arg-max
-        (one device-to-host copy for all of them), the sampled rows each with its settings."""
-        greedy = logits.argmax(dim=-1).tolist()
-        return [
-            int(greedy[i]) if row.sampling.greedy else self._sample(logits[i].float(), row)
-            for i, row in enumerate(rows)
-        ]
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, row: DecodeRow) -> int:
-        sampling = row.sampling
-        probs = torch.softmax(logits / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            cumulative = torch.cumsum(sorted_probs, dim=-1)
-            drop = cumulative - sorted_probs > sampling.top_p
-            sorted_probs[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=row.generator).item())
+        """One token per row from `logits` (rows, vocabulary): the greedy rows by arg-max, the
+        sampled rows by their temperature and top-p, each from its own generator; all of them in
+        a few batched operations and one device-to-host copy (not one per sampled row)."""
+        chosen = logits.argmax(dim=-1)
+        sampled = [i for i, row in enumerate(rows) if not row.sampling.greedy]
+        if sampled:
+            where = torch.tensor(sampled, device=logits.device)
+            picks = _sample([rows[i] for i in sampled], logits.index_select(0, where))
+            chosen = chosen.index_copy(0, where, picks)
+        tokens: list[int] = chosen.tolist()
+        return tokens
 
     def advance(self, row: DecodeRow, token: int) -> None:
         """Record one token: update the text, apply stop conditions, stream what is final."""
@@ -154,6 +146,44 @@ class RowStepper:
                 continue
             keep.append(i)
         return keep
+
+
+NUCLEUS_CANDIDATES = 1024
+"""Top-p looks for its nucleus among this many most likely tokens first (a partial sort); only
+a row whose nucleus is wider sorts the whole vocabulary."""
+
+
+def _sample(rows: Sequence[DecodeRow], logits: torch.Tensor) -> torch.Tensor:
+    """One token per row of `logits` (rows, vocabulary), drawn from its softmax at the row's
+    temperature, within its top-p nucleus, by inverse transform: one uniform number per row, from
+    the row's own generator, located in the row's cumulative distribution."""
+    device = logits.device
+    temperature = torch.tensor([r.sampling.temperature for r in rows], device=device)
+    probs = torch.softmax(logits.float() / temperature[:, None], dim=-1)
+    if any(r.sampling.top_p < 1.0 for r in rows):
+        probs = _nucleus(probs, torch.tensor([r.sampling.top_p for r in rows], device=device))
+    uniform = torch.cat([torch.rand(1, device=device, generator=r.generator) for r in rows])
+    cumulative = torch.cumsum(probs, dim=-1)
+    # The first token whose cumulative probability passes the draw: a token of probability 0
+    # never does (its cumulative equals the one before it).
+    target = (uniform * cumulative[:, -1]).unsqueeze(-1)
+    picks = torch.searchsorted(cumulative, target, right=True).squeeze(-1)
+    return picks.clamp_(max=probs.shape[-1] - 1)
+
+
+def _nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """`probs` with the tokens outside each row's top-p nucleus set to 0: a token stays while
+    the tokens more likely than it sum to at most `top_p` (a row with `top_p` 1 keeps all)."""
+    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    top, order = torch.topk(probs, k, dim=-1)  # sorted, most likely first
+    wider = (top.sum(dim=-1) <= top_p) & (top_p < 1.0)
+    if k < probs.shape[-1] and bool(wider.any()):
+        top, order = torch.sort(probs, dim=-1, descending=True)  # a nucleus wider than k
+    outside = torch.cumsum(top, dim=-1) - top > top_p[:, None]
+    outside &= (top_p < 1.0)[:, None]
+    kept = torch.zeros_like(probs).scatter(1, order, top.masked_fill(outside, 0.0))
+    # The tokens beyond the candidates: outside every nucleus that fits among them.
+    return torch.where((top_p < 1.0)[:, None], kept, probs)
 
 
 def emit(row: DecodeRow, *, final: bool) -> None:

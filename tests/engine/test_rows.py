@@ -1,5 +1,7 @@
 """A decoding row's text, decoded a piece at a time: at every step the text of the whole answer,
-and stop strings found wherever they land (`gateway.engine.rows`)."""
+and stop strings found wherever they land; and each row's next token, chosen for all rows at
+once: greedy, at its temperature, within its top-p nucleus, from its own seed
+(`gateway.engine.rows`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import random
 from typing import Any
 
 import pytest
+import torch
 
+from gateway.engine import rows as rows_module
 from gateway.engine.local import LocalEngine
 from gateway.engine.rows import DecodeRow, RowStepper, decodes_by_pieces
 from gateway.types import SamplingParams
@@ -145,3 +149,79 @@ def _bytes_to_unicode() -> dict[int, str]:
             codes.append(256 + extra)
             extra += 1
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+# ------------------------------------------------------------------------------ token choice
+
+LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+
+
+def sampled_rows(count: int, temperature: float = 1.0, top_p: float = 1.0) -> list[DecodeRow]:
+    rows = [
+        DecodeRow(
+            prompt_ids=[1],
+            sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed),
+            adapter=False,
+        )
+        for seed in range(count)
+    ]
+    RowStepper.seed(rows, torch.device("cpu"))
+    return rows
+
+
+def frequencies(tokens: list[int]) -> torch.Tensor:
+    return torch.bincount(torch.tensor(tokens), minlength=len(LOGITS)).float() / len(tokens)
+
+
+def picker() -> RowStepper:
+    return RowStepper(None, eos_id=-1, max_context=10, incremental=False)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_sampled_rows_draw_from_the_softmax_at_their_temperature(temperature: float) -> None:
+    rows = sampled_rows(8000, temperature)
+    tokens = picker().pick_all(LOGITS.expand(len(rows), -1), rows)
+    expected = torch.softmax(LOGITS / temperature, dim=-1)
+    assert torch.allclose(frequencies(tokens), expected, atol=0.02)
+
+
+def test_top_p_draws_only_from_the_nucleus_and_leaves_other_rows_whole() -> None:
+    nucleus = sampled_rows(4000, top_p=0.8)  # p = 0.56, 0.21, 0.13, ...: the first three
+    whole = sampled_rows(4000)
+    rows = [row for pair in zip(nucleus, whole, strict=True) for row in pair]
+    tokens = picker().pick_all(LOGITS.expand(len(rows), -1), rows)
+    kept = torch.softmax(LOGITS, dim=-1)
+    kept[3:] = 0.0
+    assert torch.allclose(frequencies(tokens[0::2]), kept / kept.sum(), atol=0.02)
+    assert torch.allclose(frequencies(tokens[1::2]), torch.softmax(LOGITS, dim=-1), atol=0.02)
+
+
+def test_greedy_rows_take_the_arg_max_among_sampled_ones() -> None:
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(3))
+    rows = sampled_rows(6, temperature=1.0)
+    for index in (0, 2, 5):
+        rows[index].sampling = SamplingParams(temperature=0.0)
+    tokens = picker().pick_all(logits, rows)
+    assert [tokens[i] for i in (0, 2, 5)] == logits[[0, 2, 5]].argmax(dim=-1).tolist()
+
+
+def test_a_seed_draws_the_same_tokens_again() -> None:
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(5))
+    first = picker().pick_all(logits, sampled_rows(4, top_p=0.9))
+    again = picker().pick_all(logits, sampled_rows(4, top_p=0.9))
+    assert first == again
+    assert len(set(picker().pick_all(logits[:1].expand(64, -1), sampled_rows(64)))) > 1
+
+
+def test_a_nucleus_wider_than_the_candidates_is_found_by_a_full_sort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rows_module, "NUCLEUS_CANDIDATES", 2)  # fewer than the nucleus holds
+    nucleus = sampled_rows(4000, top_p=0.8)
+    tokens = picker().pick_all(LOGITS.expand(len(nucleus), -1), nucleus)
+    kept = torch.softmax(LOGITS, dim=-1)
+    kept[3:] = 0.0
+    assert torch.allclose(frequencies(tokens), kept / kept.sum(), atol=0.02)
+    narrow = sampled_rows(4000, top_p=0.5)  # the first token alone: within the candidates
+    tokens = picker().pick_all(LOGITS.expand(len(narrow), -1), narrow)
+    assert set(tokens) == {0}
