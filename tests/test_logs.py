@@ -219,8 +219,11 @@ def test_access_log_false_leaves_request_lines_at_debug_and_still_counts_request
     client = make_client(server={"access_log": False})
     assert chat(client).status_code == 200
     assert chat(client, model="no-such-policy").status_code == 404
+    headers = {"Authorization": f"Bearer {KEY}"}
+    assert client.get("/v1/models", headers=headers).status_code == 200  # FastAPI's routes too
     access = [line for line in lines_of(captured) if line["msg"] == "request"]
-    assert [line["level"] for line in access] == ["debug", "debug"]  # not at info: not written
+    assert [line["path"] for line in access] == ["/v1/chat/completions"] * 2 + ["/v1/models"]
+    assert {line["level"] for line in access} == {"debug"}  # not at info: not written
     metrics = client.get("/metrics").text
     assert 'gateway_requests_total{policy="ask-large",status="200"} 1.0' in metrics
     assert 'gateway_requests_total{policy="unknown",status="404"} 1.0' in metrics

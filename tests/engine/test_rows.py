@@ -97,6 +97,23 @@ def test_a_stop_string_ends_the_text_wherever_it_lands(
     assert "".join(streamed) == kept
 
 
+@pytest.mark.parametrize("incremental", [True, False])
+def test_overlapping_stop_strings_end_the_text_at_the_earliest(
+    engine: LocalEngine, incremental: bool
+) -> None:
+    # A token of three or more letters brings both stop strings in one step; the one listed
+    # first starts later.
+    token, text = next(
+        (i, t)
+        for i in range(len(engine.tokenizer))
+        if len(t := engine.tokenizer.decode([i])) >= 3 and t.isalpha()
+    )
+    steps, decoding = stepper(engine, incremental=incremental), row(stop=(text[1:3], text[:2]))
+    steps.advance(decoding, token)
+    assert decoding.finish_reason == "stop"
+    assert decoding.text == ""
+
+
 def test_a_stop_string_inside_one_long_token_run_is_found(engine: LocalEngine) -> None:
     # All of it arrives in one step's new text, far from where the settled text ended.
     steps, decoding = stepper(engine), row(stop=("END",))
@@ -177,12 +194,16 @@ def picker() -> RowStepper:
     return RowStepper(None, eos_id=-1, max_context=10, incremental=False)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
-def test_sampled_rows_draw_from_the_softmax_at_their_temperature(temperature: float) -> None:
-    rows = sampled_rows(8000, temperature)
+def test_sampled_rows_draw_from_the_softmax_at_each_ones_temperature() -> None:
+    temperatures = (1.0, 0.5, 2.0)
+    rows = sampled_rows(8000 * len(temperatures))  # one batch, the temperatures interleaved
+    for index, row in enumerate(rows):
+        row.sampling = SamplingParams(temperature=temperatures[index % len(temperatures)])
     tokens = picker().pick_all(LOGITS.expand(len(rows), -1), rows)
-    expected = torch.softmax(LOGITS / temperature, dim=-1)
-    assert torch.allclose(frequencies(tokens), expected, atol=0.02)
+    for index, temperature in enumerate(temperatures):
+        expected = torch.softmax(LOGITS / temperature, dim=-1)
+        drawn = frequencies(tokens[index :: len(temperatures)])
+        assert torch.allclose(drawn, expected, atol=0.02), temperature
 
 
 def test_top_p_draws_only_from_the_nucleus_and_leaves_other_rows_whole() -> None:
@@ -218,10 +239,13 @@ def test_a_nucleus_wider_than_the_candidates_is_found_by_a_full_sort(
 ) -> None:
     monkeypatch.setattr(rows_module, "NUCLEUS_CANDIDATES", 2)  # fewer than the nucleus holds
     nucleus = sampled_rows(4000, top_p=0.8)
-    tokens = picker().pick_all(LOGITS.expand(len(nucleus), -1), nucleus)
+    whole = sampled_rows(4000)  # in the same batch: beyond the candidates, every token stays
+    rows = [row for pair in zip(nucleus, whole, strict=True) for row in pair]
+    tokens = picker().pick_all(LOGITS.expand(len(rows), -1), rows)
     kept = torch.softmax(LOGITS, dim=-1)
     kept[3:] = 0.0
-    assert torch.allclose(frequencies(tokens), kept / kept.sum(), atol=0.02)
+    assert torch.allclose(frequencies(tokens[0::2]), kept / kept.sum(), atol=0.02)
+    assert torch.allclose(frequencies(tokens[1::2]), torch.softmax(LOGITS, dim=-1), atol=0.02)
     narrow = sampled_rows(4000, top_p=0.5)  # the first token alone: within the candidates
     tokens = picker().pick_all(LOGITS.expand(len(narrow), -1), narrow)
     assert set(tokens) == {0}
