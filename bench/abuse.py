@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from soak import build_model, gateway, model_section
+from soak import build_model, gateway, tiny_model
 
 MODEL_DIR = Path(tempfile.gettempdir()) / "certainty-gateway-bench-model"
 KEY = "sk-abuse-owner-0123456789"
@@ -191,7 +191,7 @@ def main() -> None:
         keys = work / "keys.txt"
         keys.write_text(f"{KEY} owner *\n{STRANGER} stranger refuse\n")
         config: dict[str, Any] = {
-            "model": model_section(model),
+            "model": tiny_model(model),
             "policies_dir": str(policies),
             "auth": {"api_keys_file": str(keys)},
             "server": {"log_format": "text"},

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from soak import SilentUpstream, build_model, free_port, gateway, model_section
+from soak import SilentUpstream, build_model, free_port, gateway, tiny_model
 
 
 def config(model: Path, work: Path, name: str, judge_port: int | None) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def config(model: Path, work: Path, name: str, judge_port: int | None) -> dict[s
         },
     }
     return {
-        "model": model_section(model),
+        "model": tiny_model(model),
         "policies_dir": str(policies),
         "escalation": {"model_list": [judge], "timeout_s": 2.0, "num_retries": 0},
         "stats": {"audit_timeout_s": 2.0, "audit_pause_s": 1.0},

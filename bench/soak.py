@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,15 +44,12 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+from tests.e2e.harness import tiny_model
+from tests.servers import free_port
+
 KEY = "sk-soak-0123456789abcdef"
 TARGET_MB = 50.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class SilentUpstream:
@@ -193,20 +189,9 @@ def miniature_config(work: Path, env: dict[str, str] | None = None) -> Path:
     (work / "policies").mkdir(exist_ok=True)
     (work / "policies" / "granite.yaml").write_text("name: granite\nreturn_at: 0.0\n")
     config = work / "gateway.yaml"
-    body = {"model": model_section(work / "tiny"), "policies_dir": str(work / "policies")}
+    body = {"model": tiny_model(work / "tiny"), "policies_dir": str(work / "policies")}
     config.write_text(json.dumps(body))
     return config
-
-
-def model_section(model_dir: Path) -> dict[str, Any]:
-    """The config's `model` section for the miniature model in `model_dir`, on the CPU."""
-    return {
-        "base": str(model_dir / "base"),
-        "adapter": str(model_dir / "adapter"),
-        "adapter_subfolder": None,
-        "device": "cpu",
-        "dtype": "float32",
-    }
 
 
 def main() -> None:
@@ -231,7 +216,7 @@ def main() -> None:
             "on_escalation_error: return_local\n"
         )
         base: dict[str, Any] = {
-            "model": model_section(model),
+            "model": tiny_model(model),
             "policies_dir": str(policies),
             "auth": {"api_keys": [KEY]},
             "escalation": {

@@ -139,6 +139,13 @@ class EscalationSettings(_Section):
         return fallbacks
 
 
+def _comma_list(value: Any) -> Any:
+    """A list given as one comma-separated string (as the environment gives it), split."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 class AuthSettings(_Section):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
@@ -151,12 +158,7 @@ class AuthSettings(_Section):
     failures_per_minute: int = Field(default=30, gt=0)
     failure_log_interval_s: float = Field(default=60.0, gt=0)
 
-    @field_validator("api_keys", "admin_keys", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
+    _comma_separated = field_validator("api_keys", "admin_keys", mode="before")(_comma_list)
 
 
 class LimitSettings(_Section):
@@ -216,12 +218,7 @@ class ServerSettings(_Section):
     # /docs, /redoc and /openapi.json
     docs: bool = True
 
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _proxy_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [p.strip() for p in value.split(",") if p.strip()]
-        return value
+    _proxy_list = field_validator("trusted_proxies", mode="before")(_comma_list)
 
     @field_validator("trusted_proxies")
     @classmethod
