@@ -9,8 +9,10 @@ import random
 from typing import Any
 
 import pytest
+import torch
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from gateway.engine import rows as rows_module
 from gateway.engine.local import LocalEngine
 from gateway.engine.rows import DecodeRow, RowStepper, decodes_by_pieces
 from gateway.types import SamplingParams
@@ -148,3 +150,86 @@ def _byte_tokens(text: str) -> list[str]:
     """The byte-level tokens of `text`'s bytes, one per byte (GPT-2's byte alphabet)."""
     alphabet = bytes_to_unicode()
     return [alphabet[b] for b in text.encode()]
+
+
+# ------------------------------------------------------------------------------ token choice
+
+LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+
+
+def sampled_rows(count: int, temperature: float = 1.0, top_p: float = 1.0) -> list[DecodeRow]:
+    rows = [
+        DecodeRow(
+            prompt_ids=[1],
+            sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed),
+            adapter=False,
+        )
+        for seed in range(count)
+    ]
+    RowStepper.seed(rows, torch.device("cpu"))
+    return rows
+
+
+def frequencies(tokens: list[int]) -> torch.Tensor:
+    return torch.bincount(torch.tensor(tokens), minlength=len(LOGITS)).float() / len(tokens)
+
+
+def picker() -> RowStepper:
+    return RowStepper(None, eos_id=-1, max_context=10, incremental=False)
+
+
+def test_sampled_rows_draw_from_the_softmax_at_each_ones_temperature() -> None:
+    temperatures = (1.0, 0.5, 2.0)
+    rows = sampled_rows(8000 * len(temperatures))  # one batch, the temperatures interleaved
+    for index, row in enumerate(rows):
+        row.sampling = SamplingParams(temperature=temperatures[index % len(temperatures)])
+    tokens = picker().pick_all(LOGITS.expand(len(rows), -1), rows)
+    for index, temperature in enumerate(temperatures):
+        expected = torch.softmax(LOGITS / temperature, dim=-1)
+        drawn = frequencies(tokens[index :: len(temperatures)])
+        assert torch.allclose(drawn, expected, atol=0.02), temperature
+
+
+def assert_nucleus_and_whole_rows_drawn_apart() -> None:
+    """Rows at top-p 0.8 and rows without top-p, interleaved in one batch: the first draw from
+    their nucleus alone (p = 0.56, 0.21, 0.13, ...: the first three), the others from every
+    token."""
+    nucleus = sampled_rows(4000, top_p=0.8)
+    whole = sampled_rows(4000)
+    rows = [row for pair in zip(nucleus, whole, strict=True) for row in pair]
+    tokens = picker().pick_all(LOGITS.expand(len(rows), -1), rows)
+    kept = torch.softmax(LOGITS, dim=-1)
+    kept[3:] = 0.0
+    assert torch.allclose(frequencies(tokens[0::2]), kept / kept.sum(), atol=0.02)
+    assert torch.allclose(frequencies(tokens[1::2]), torch.softmax(LOGITS, dim=-1), atol=0.02)
+
+
+def test_top_p_draws_only_from_the_nucleus_and_leaves_other_rows_whole() -> None:
+    assert_nucleus_and_whole_rows_drawn_apart()
+
+
+def test_greedy_rows_take_the_arg_max_among_sampled_ones() -> None:
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(3))
+    rows = sampled_rows(6, temperature=1.0)
+    for index in (0, 2, 5):
+        rows[index].sampling = SamplingParams(temperature=0.0)
+    tokens = picker().pick_all(logits, rows)
+    assert [tokens[i] for i in (0, 2, 5)] == logits[[0, 2, 5]].argmax(dim=-1).tolist()
+
+
+def test_a_seed_draws_the_same_tokens_again() -> None:
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(5))
+    first = picker().pick_all(logits, sampled_rows(4, top_p=0.9))
+    again = picker().pick_all(logits, sampled_rows(4, top_p=0.9))
+    assert first == again
+    assert len(set(picker().pick_all(logits[:1].expand(64, -1), sampled_rows(64)))) > 1
+
+
+def test_a_nucleus_wider_than_the_candidates_is_found_by_a_full_sort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rows_module, "NUCLEUS_CANDIDATES", 2)  # fewer than the nucleus holds
+    assert_nucleus_and_whole_rows_drawn_apart()  # the plain rows keep tokens beyond the two
+    narrow = sampled_rows(4000, top_p=0.5)  # the first token alone: within the candidates
+    tokens = picker().pick_all(LOGITS.expand(len(narrow), -1), narrow)
+    assert set(tokens) == {0}
